@@ -1,0 +1,112 @@
+"""Error types shared by every layer.
+
+Each error carries a stable ``code`` (clients match on it), a human message and
+the ``source`` of the failure. The API maps them to RFC 9457 problem details;
+workers map them to retryable or permanent task failures.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorSource(StrEnum):
+    """Where a failure came from."""
+
+    INPUT = "input"
+    COMPUTE = "compute"
+    STORE = "store"
+    CONFIGURATION = "configuration"
+    DISPATCH = "dispatch"
+    INTERNAL = "internal"
+
+
+class ZpeError(Exception):
+    """Base class: a failure with a stable code, a message and a source."""
+
+    code: str = "internal_error"
+    source: ErrorSource = ErrorSource.INTERNAL
+    retryable: bool = False
+
+    def __init__(self, message: str, *, code: str | None = None, detail: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+        if code is not None:
+            self.code = code
+
+
+class InputError(ZpeError):
+    """The user's input is invalid; the message names what is wrong."""
+
+    code = "invalid_input"
+    source = ErrorSource.INPUT
+
+
+class InputTooLarge(InputError):
+    """The input (or a part of it) exceeds a configured cap."""
+
+    code = "input_too_large"
+
+
+class NotFound(ZpeError):
+    """The job, task or artifact does not exist (or is not the caller's)."""
+
+    code = "not_found"
+    source = ErrorSource.INPUT
+
+
+class StateConflict(ZpeError):
+    """The request does not fit the current state (e.g. result before done)."""
+
+    code = "conflict"
+    source = ErrorSource.INPUT
+
+
+class ConfigurationError(ZpeError):
+    """Settings are missing or contradictory."""
+
+    code = "configuration_error"
+    source = ErrorSource.CONFIGURATION
+
+
+class StoreUnavailable(ZpeError):
+    """The job store cannot be reached; callers answer 503 and may retry."""
+
+    code = "store_unavailable"
+    source = ErrorSource.STORE
+    retryable = True
+
+
+class StoreConflict(Exception):
+    """A compare-and-swap lost a race (the revision moved). Callers re-read and retry."""
+
+
+class AlreadyExists(Exception):
+    """A create-only write found the key present."""
+
+
+class ArtifactTooLarge(ZpeError):
+    """An artifact exceeds the store's size cap."""
+
+    code = "artifact_too_large"
+    source = ErrorSource.STORE
+
+
+class EngineError(ZpeError):
+    """A calculation failed. ``retryable`` says whether running it again may help."""
+
+    code = "engine_failed"
+    source = ErrorSource.COMPUTE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        code: str | None = None,
+        output_tail: str | None = None,
+    ):
+        super().__init__(message, code=code, detail=output_tail)
+        self.retryable = retryable
+        self.output_tail = output_tail

@@ -1,0 +1,259 @@
+"""The job model: jobs, tasks, leases, results and their state machines.
+
+A *job* is one ZPE request. It fans out into *tasks*, one per displacement
+(the undisplaced reference plus +/- ``delta`` along x, y, z for every mobile
+atom). A task is content-addressed: its id is a hash of everything that
+determines its forces, so two jobs needing the same point share one task.
+
+Job states::
+
+    queued -> running -> done | failed | cancelled
+    queued -> failed | cancelled
+
+Task states::
+
+    queued -> leased -> done
+                     -> queued   (lease expired or retryable failure, attempts left)
+                     -> failed   (permanent failure or attempts exhausted: dead letter)
+    queued/leased -> cancelled   (every job that wanted it ended)
+    failed/cancelled -> queued   (a new job wants it, or an admin re-queues it)
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from zpe_core.errors import ErrorSource, ZpeError
+
+
+def now() -> float:
+    """Wall-clock time in seconds since the epoch (one place, so tests can reason about it)."""
+    return time.time()
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+class TaskState(StrEnum):
+    QUEUED = "queued"
+    LEASED = "leased"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def settled(self) -> bool:
+        """No worker holds or will pick up the task without outside help."""
+        return self in (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED)
+
+
+class ErrorInfo(BaseModel):
+    """A failure as stored on a job or task and shown to users."""
+
+    code: str
+    message: str
+    source: ErrorSource
+    detail: str | None = None
+    retryable: bool = False
+
+    @classmethod
+    def from_exc(cls, exc: ZpeError) -> ErrorInfo:
+        return cls(
+            code=exc.code,
+            message=exc.message,
+            source=exc.source,
+            detail=exc.detail,
+            retryable=exc.retryable,
+        )
+
+
+class JobRequest(BaseModel):
+    """What a user submits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_text: str = Field(description="The pw.x input file, verbatim.")
+    mobile: list[int] | None = Field(
+        default=None,
+        description="0-based indices of the atoms to displace; default: every atom not fixed.",
+    )
+    delta: float = Field(default=0.01, gt=0.0, le=0.1, description="Displacement in Angstrom.")
+    nfree: Literal[2, 4] = Field(default=2, description="Displacements per degree of freedom.")
+    temperature: float = Field(
+        default=298.15, gt=0.0, le=5000.0, description="Temperature in K for the entropy."
+    )
+    engine: str | None = Field(default=None, description="'qe' or 'mock'; default from settings.")
+
+
+class QeCalcSpec(BaseModel):
+    """What the qe engine needs besides the geometry (JSON-safe)."""
+
+    input_data: dict[str, dict[str, Any]]
+    pseudopotentials: dict[str, str]
+    pseudo_digests: dict[str, str | None] = Field(default_factory=dict)
+    kpts: list[int] | None = None  # None: Gamma point
+    koffset: list[int] = Field(default_factory=lambda: [0, 0, 0])
+
+
+class TaskSpec(BaseModel):
+    """Everything a worker needs to compute one point: geometry plus engine settings."""
+
+    engine: str
+    engine_version: str
+    symbols: list[str]
+    positions: list[list[float]]
+    cell: list[list[float]]
+    pbc: list[bool]
+    qe: QeCalcSpec | None = None
+
+
+class TaskResult(BaseModel):
+    """Energy and forces of one point, as committed by a worker."""
+
+    energy_ev: float
+    forces_ev_per_a: list[list[float]]
+    engine: str
+    engine_version: str
+    wall_seconds: float = 0.0
+    scf_iterations: int | None = None
+    worker_id: str | None = None
+
+
+class Lease(BaseModel):
+    """A worker's time-bounded claim on a task. ``epoch`` fences stale holders."""
+
+    lease_id: str
+    epoch: int
+    worker_id: str
+    expires_at: float
+    acquired_at: float
+
+
+class AttemptRecord(BaseModel):
+    """One attempt at a task, kept for dead-letter history."""
+
+    epoch: int
+    worker_id: str
+    started_at: float
+    ended_at: float | None = None
+    outcome: Literal["done", "failed", "expired", "released"] | None = None
+    error: ErrorInfo | None = None
+
+
+class Task(BaseModel):
+    """One displacement point, shared by every job that needs it."""
+
+    task_id: str
+    spec: TaskSpec
+    state: TaskState = TaskState.QUEUED
+    subscribers: list[str] = Field(default_factory=list, description="Job ids waiting for it.")
+    attempts: int = 0
+    epoch: int = 0
+    ready_at: float = 0.0
+    lease: Lease | None = None
+    result: TaskResult | None = None
+    error: ErrorInfo | None = None
+    dead_letter: bool = False
+    history: list[AttemptRecord] = Field(default_factory=list)
+    created_at: float = Field(default_factory=now)
+    updated_at: float = Field(default_factory=now)
+
+
+class TaskRef(BaseModel):
+    """A job's reference to one of its tasks, with the ASE displacement name."""
+
+    name: str  # ASE naming: "eq", "0x+", "0x-", "0x+2", ...
+    task_id: str
+
+
+class StructureInfo(BaseModel):
+    """What was read from the input, kept on the job for the result."""
+
+    natoms: int
+    symbols: list[str]
+    mobile_indices: list[int]
+    fixed_indices: list[int]
+    kpts: list[int] | None
+    koffset: list[int]
+    ecutwfc: float | None
+    ecutrho: float | None
+    pseudo_dir: str | None
+    free_molecule: bool
+
+
+class JobSummary(BaseModel):
+    """Headline figures copied onto the job when it finishes (for listings)."""
+
+    zpe_ev: float
+    s_vib_jmol_k: float
+    n_imaginary: int
+
+
+class Job(BaseModel):
+    """One ZPE request and its progress."""
+
+    job_id: str
+    owner: str
+    state: JobState = JobState.QUEUED
+    request: JobRequest
+    engine: str
+    structure: StructureInfo
+    tasks: list[TaskRef]
+    done_task_ids: list[str] = Field(default_factory=list)
+    reused_task_ids: list[str] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+    summary: JobSummary | None = None
+    idempotency_key: str | None = None
+    fingerprint: str
+    created_at: float = Field(default_factory=now)
+    started_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float = Field(default_factory=now)
+
+    @property
+    def total_tasks(self) -> int:
+        return len({ref.task_id for ref in self.tasks})
+
+    @property
+    def done_tasks(self) -> int:
+        return len(self.done_task_ids)
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Versioned(Generic[T]):
+    """A record with the store revision it was read at (for compare-and-swap)."""
+
+    value: T
+    rev: int
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How failed or expired attempts are retried: exponential backoff with jitter (half to full delay)."""
+
+    retry_max: int = 3
+    backoff_base_seconds: float = 10.0
+    backoff_cap_seconds: float = 300.0
+
+    def backoff(self, attempts: int) -> float:
+        """Delay before attempt ``attempts + 1`` (``attempts`` >= 1 already failed)."""
+        ceiling = min(self.backoff_cap_seconds, self.backoff_base_seconds * 2 ** (attempts - 1))
+        return random.uniform(ceiling / 2, ceiling)

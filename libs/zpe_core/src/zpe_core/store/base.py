@@ -1,0 +1,529 @@
+"""The ``JobStore`` port.
+
+Semantics every backend guarantees (the contract suite in
+``tests/contract/test_store_contract.py`` proves them on each one):
+
+* Records are addressed by string keys made of ``[A-Za-z0-9._/-]``.
+* ``_create`` is create-only: it never overwrites and raises ``AlreadyExists``.
+* ``_swap`` is compare-and-swap: it writes only if the record is still at the
+  revision the caller read, else raises ``StoreConflict``. Revisions are
+  integers that change on every write.
+* ``_list`` returns keys with a prefix in ascending byte order, paged with
+  ``start_after``.
+* Any failure to reach the backend raises ``StoreUnavailable``.
+
+Backends implement only these primitives (plus blobs and ``ping``); every
+typed operation below (jobs, tasks, leases, the ready queue, idempotency keys,
+artifacts) is built on them once, here, so all backends behave alike.
+A backend may override a typed operation for speed, never for semantics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import secrets
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from zpe_core.errors import (
+    AlreadyExists,
+    ArtifactTooLarge,
+    ErrorSource,
+    NotFound,
+    StateConflict,
+    StoreConflict,
+    StoreUnavailable,
+)
+from zpe_core.models import (
+    AttemptRecord,
+    ErrorInfo,
+    Job,
+    Lease,
+    RetryPolicy,
+    Task,
+    TaskResult,
+    TaskState,
+    Versioned,
+    now,
+)
+
+M = TypeVar("M", bound=BaseModel)
+
+DEFAULT_MAX_ARTIFACT_BYTES = 16 * 1024 * 1024
+_CAS_ATTEMPTS = 200
+
+
+class StaleLease(StateConflict):
+    """A heartbeat, result or failure carried a lease that is no longer current."""
+
+    code = "stale_lease"
+
+
+def _owner_key(owner: str) -> str:
+    return hashlib.sha256(owner.encode()).hexdigest()[:32]
+
+
+def _ms(t: float) -> str:
+    return f"{int(t * 1000):015d}"
+
+
+class JobStore(ABC):
+    """Jobs, tasks, leases, the ready queue and artifacts, with compare-and-swap."""
+
+    #: True when separate processes opening the same URL see the same data.
+    shared_across_processes: bool = True
+
+    def __init__(self, *, max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES):
+        self.max_artifact_bytes = max_artifact_bytes
+
+    # ------------------------------------------------------------------ primitives
+
+    @abstractmethod
+    def _create(self, key: str, value: bytes) -> int:
+        """Write ``value`` at ``key`` only if absent; return its revision."""
+
+    @abstractmethod
+    def _read(self, key: str) -> tuple[bytes, int] | None:
+        """Return ``(value, revision)`` or ``None`` if absent."""
+
+    @abstractmethod
+    def _swap(self, key: str, value: bytes, expected_rev: int) -> int:
+        """Replace the record if it is still at ``expected_rev``; return the new revision."""
+
+    @abstractmethod
+    def _delete(self, key: str) -> None:
+        """Remove ``key`` if present (no error if absent)."""
+
+    @abstractmethod
+    def _list(self, prefix: str, *, start_after: str | None = None, limit: int = 1000) -> list[str]:
+        """Keys starting with ``prefix``, ascending, strictly after ``start_after``."""
+
+    @abstractmethod
+    def _put_blob(self, key: str, data: bytes) -> None:
+        """Write (or overwrite) a blob atomically: readers see the old or the new bytes."""
+
+    @abstractmethod
+    def _get_blob(self, key: str) -> bytes | None:
+        """Read a blob or ``None``."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the backend answers."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections (optional)."""
+
+    # ------------------------------------------------------------------ generic helpers
+
+    def _get_model(self, key: str, model: type[M]) -> Versioned[M] | None:
+        found = self._read(key)
+        if found is None:
+            return None
+        return Versioned(model.model_validate_json(found[0]), found[1])
+
+    def _mutate(self, key: str, model: type[M], change: Callable[[M], M | None]) -> Versioned[M]:
+        """Read-modify-write with compare-and-swap, retried on conflict.
+
+        ``change`` receives a private copy and returns the new record, or ``None``
+        to leave the record as it is. It may raise to abort; nothing is written.
+        """
+        for attempt in range(_CAS_ATTEMPTS):
+            current = self._get_model(key, model)
+            if current is None:
+                raise NotFound(f"{key.split('/')[0].rstrip('s')} {key.split('/', 1)[-1]} not found")
+            updated = change(current.value.model_copy(deep=True))
+            if updated is None:
+                return current
+            if hasattr(updated, "updated_at"):
+                updated.updated_at = now()  # type: ignore[attr-defined]
+            try:
+                rev = self._swap(key, updated.model_dump_json().encode(), current.rev)
+            except StoreConflict:
+                time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+                continue
+            return Versioned(updated, rev)
+        raise StoreUnavailable(f"too much contention updating {key}; try again")
+
+    # ------------------------------------------------------------------ jobs
+
+    def create_job(self, job: Job) -> Versioned[Job]:
+        """Create a job (never overwrites) and index it under its owner."""
+        rev = self._create(f"jobs/{job.job_id}", job.model_dump_json().encode())
+        inverted = 10**15 - int(job.created_at * 1000)
+        index = f"owners/{_owner_key(job.owner)}/{inverted:015d}-{job.job_id}"
+        try:
+            self._create(index, b"")
+        except AlreadyExists:
+            pass
+        return Versioned(job, rev)
+
+    def get_job(self, job_id: str) -> Versioned[Job] | None:
+        if not _safe_id(job_id):
+            return None
+        return self._get_model(f"jobs/{job_id}", Job)
+
+    def mutate_job(self, job_id: str, change: Callable[[Job], Job | None]) -> Versioned[Job]:
+        return self._mutate(f"jobs/{job_id}", Job, change)
+
+    def list_jobs(
+        self, owner: str, *, cursor: str | None = None, limit: int = 20
+    ) -> tuple[list[Job], str | None]:
+        """The owner's jobs, newest first; returns the page and the next cursor."""
+        prefix = f"owners/{_owner_key(owner)}/"
+        keys = self._list(prefix, start_after=prefix + cursor if cursor else None, limit=limit + 1)
+        page_keys = keys[:limit]
+        jobs: list[Job] = []
+        for key in page_keys:
+            job_id = key.rsplit("-", 1)[-1]
+            found = self.get_job(job_id)
+            if found is not None:
+                jobs.append(found.value)
+        next_cursor = page_keys[-1][len(prefix) :] if len(keys) > limit else None
+        return jobs, next_cursor
+
+    def all_job_ids(self) -> list[str]:
+        """Every job id (for recovery and admin scans)."""
+        return [key.split("/", 1)[1] for key in self._iter_keys("jobs/")]
+
+    # ------------------------------------------------------------------ idempotency
+
+    def claim_idempotency_key(
+        self, owner: str, key: str, fingerprint: str, job_id: str
+    ) -> tuple[str, str] | None:
+        """Bind ``(owner, key)`` to ``job_id`` unless already bound.
+
+        Returns ``None`` if this call bound it, else the existing
+        ``(job_id, fingerprint)`` so the caller can compare payloads.
+        """
+        digest = hashlib.sha256(key.encode()).hexdigest()[:40]
+        record_key = f"idem/{_owner_key(owner)}/{digest}"
+        value = json.dumps({"job_id": job_id, "fingerprint": fingerprint}).encode()
+        try:
+            self._create(record_key, value)
+            return None
+        except AlreadyExists:
+            found = self._read(record_key)
+            if found is None:  # removed in between: try once more
+                return self.claim_idempotency_key(owner, key, fingerprint, job_id)
+            existing = json.loads(found[0])
+            return existing["job_id"], existing["fingerprint"]
+
+    def release_idempotency_key(self, owner: str, key: str) -> None:
+        """Forget a binding whose job could not be created."""
+        digest = hashlib.sha256(key.encode()).hexdigest()[:40]
+        self._delete(f"idem/{_owner_key(owner)}/{digest}")
+
+    # ------------------------------------------------------------------ tasks
+
+    def create_task(self, task: Task) -> Versioned[Task]:
+        """Create a task (raises ``AlreadyExists`` if its content key is known)."""
+        rev = self._create(f"tasks/{task.task_id}", task.model_dump_json().encode())
+        if task.state is TaskState.QUEUED:
+            self.mark_ready(task.task_id, task.ready_at)
+        return Versioned(task, rev)
+
+    def get_task(self, task_id: str) -> Versioned[Task] | None:
+        if not _safe_id(task_id):
+            return None
+        return self._get_model(f"tasks/{task_id}", Task)
+
+    def mutate_task(self, task_id: str, change: Callable[[Task], Task | None]) -> Versioned[Task]:
+        return self._mutate(f"tasks/{task_id}", Task, change)
+
+    def all_task_ids(self) -> list[str]:
+        return [key.split("/", 1)[1] for key in self._iter_keys("tasks/")]
+
+    # ------------------------------------------------------------------ ready queue and leases
+
+    def mark_ready(self, task_id: str, ready_at: float) -> None:
+        """Put a queue marker for a task. Markers are hints; the task record decides."""
+        try:
+            self._create(f"queue/{_ms(ready_at)}-{task_id}", b"")
+        except AlreadyExists:
+            pass
+
+    def claim_task(
+        self, task_id: str, worker_id: str, lease_seconds: float, *, ignore_ready_at: bool = False
+    ) -> Task | None:
+        """Lease one named task if it is queued (and due) or its lease expired.
+
+        Returns the leased task (with its new ``epoch``) or ``None`` if someone
+        else holds it or it is settled. Exactly one concurrent caller wins.
+        """
+        claimed: list[bool] = []
+
+        def change(task: Task) -> Task | None:
+            t = now()
+            if task.state is TaskState.LEASED and task.lease and task.lease.expires_at <= t:
+                _close_attempt(task, "expired")
+                task.attempts += 1
+            elif task.state is not TaskState.QUEUED:
+                return None
+            elif task.ready_at > t and not ignore_ready_at:
+                return None
+            task.epoch += 1
+            task.state = TaskState.LEASED
+            task.lease = Lease(
+                lease_id=secrets.token_hex(8),
+                epoch=task.epoch,
+                worker_id=worker_id,
+                expires_at=t + lease_seconds,
+                acquired_at=t,
+            )
+            task.history.append(AttemptRecord(epoch=task.epoch, worker_id=worker_id, started_at=t))
+            claimed.append(True)
+            return task
+
+        result = self.mutate_task(task_id, change)
+        if not claimed:
+            return None
+        try:
+            self._create(f"leases/{task_id}", b"")
+        except AlreadyExists:
+            pass
+        return result.value
+
+    def claim_next(
+        self,
+        worker_id: str,
+        lease_seconds: float,
+        *,
+        accept: Callable[[Task], bool] | None = None,
+        scan_limit: int = 200,
+    ) -> Task | None:
+        """Lease the earliest due queued task that ``accept`` allows, or ``None``."""
+        horizon = f"queue/{_ms(now())}~"
+        for marker in self._list("queue/", limit=scan_limit):
+            if marker > horizon:
+                break
+            task_id = marker.rsplit("-", 1)[-1]
+            found = self.get_task(task_id)
+            if found is None or found.value.state is not TaskState.QUEUED:
+                self._delete(marker)
+                continue
+            if accept is not None and not accept(found.value):
+                continue
+            task = self.claim_task(task_id, worker_id, lease_seconds)
+            if task is not None:
+                self._delete(marker)
+                return task
+        return None
+
+    def heartbeat(self, task_id: str, epoch: int, lease_seconds: float) -> Task:
+        """Extend a live lease; raises ``StaleLease`` if ``epoch`` is not current."""
+
+        def change(task: Task) -> Task:
+            _require_lease(task, epoch)
+            assert task.lease is not None
+            task.lease.expires_at = now() + lease_seconds
+            return task
+
+        return self.mutate_task(task_id, change).value
+
+    def commit_result(self, task_id: str, epoch: int, result: TaskResult) -> tuple[Task, bool]:
+        """Record a result under a live lease.
+
+        Returns ``(task, committed)``: ``committed`` is True for the one call that
+        moved the task to done. A repeat by the same epoch after it committed is
+        answered ``(task, False)``; any other stale epoch raises ``StaleLease``.
+        """
+        committed: list[bool] = []
+
+        def change(task: Task) -> Task | None:
+            if task.state is TaskState.DONE and task.lease is None and task.epoch == epoch:
+                return None
+            _require_lease(task, epoch)
+            _close_attempt(task, "done")
+            task.state = TaskState.DONE
+            task.result = result
+            task.error = None
+            task.lease = None
+            committed.append(True)
+            return task
+
+        task = self.mutate_task(task_id, change).value
+        self._delete(f"leases/{task_id}")
+        return task, bool(committed)
+
+    def fail_task(
+        self,
+        task_id: str,
+        epoch: int | None,
+        error: ErrorInfo,
+        *,
+        retryable: bool,
+        policy: RetryPolicy,
+    ) -> Task:
+        """Record a failed attempt: re-queue with backoff, or dead-letter it.
+
+        ``epoch=None`` fails the task whatever its lease (used by dispatchers
+        that could not deliver it at all).
+        """
+
+        def change(task: Task) -> Task | None:
+            if task.state.settled:
+                return None
+            if epoch is not None:
+                _require_lease(task, epoch)
+            _close_attempt(task, "failed", error)
+            task.attempts += 1
+            task.lease = None
+            task.error = error
+            if retryable and task.attempts < policy.retry_max:
+                task.state = TaskState.QUEUED
+                task.ready_at = now() + policy.backoff(task.attempts)
+            else:
+                task.state = TaskState.FAILED
+                task.dead_letter = True
+            return task
+
+        task = self.mutate_task(task_id, change).value
+        self._delete(f"leases/{task_id}")
+        if task.state is TaskState.QUEUED:
+            self.mark_ready(task_id, task.ready_at)
+        return task
+
+    def release_task(self, task_id: str, epoch: int) -> Task:
+        """Give a lease back without counting an attempt (graceful shutdown)."""
+
+        def change(task: Task) -> Task | None:
+            _require_lease(task, epoch)
+            _close_attempt(task, "released")
+            task.state = TaskState.QUEUED
+            task.lease = None
+            task.ready_at = now()
+            return task
+
+        task = self.mutate_task(task_id, change).value
+        self._delete(f"leases/{task_id}")
+        self.mark_ready(task_id, task.ready_at)
+        return task
+
+    def expire_leases(self, policy: RetryPolicy) -> list[Task]:
+        """Re-queue (or dead-letter) every task whose lease has expired.
+
+        Each expiry counts an attempt. Returns the tasks that changed.
+        """
+        changed: list[Task] = []
+        for marker in list(self._iter_keys("leases/")):
+            task_id = marker.split("/", 1)[1]
+            found = self.get_task(task_id)
+            if found is None or found.value.state is not TaskState.LEASED:
+                self._delete(marker)
+                continue
+            lease = found.value.lease
+            if lease is None or lease.expires_at > now():
+                continue
+            expired_epoch = lease.epoch
+            moved: list[bool] = []
+
+            def change(task: Task, expired_epoch: int = expired_epoch) -> Task | None:
+                lease = task.lease
+                if task.state is not TaskState.LEASED or lease is None:
+                    return None
+                if lease.epoch != expired_epoch or lease.expires_at > now():
+                    return None
+                _close_attempt(task, "expired")
+                task.attempts += 1
+                task.lease = None
+                task.error = ErrorInfo(
+                    code="lease_expired",
+                    message=f"worker {lease.worker_id} stopped heartbeating",
+                    source=ErrorSource.COMPUTE,
+                    retryable=True,
+                )
+                if task.attempts < policy.retry_max:
+                    task.state = TaskState.QUEUED
+                    task.ready_at = now() + policy.backoff(task.attempts)
+                else:
+                    task.state = TaskState.FAILED
+                    task.dead_letter = True
+                moved.append(True)
+                return task
+
+            task = self.mutate_task(task_id, change).value
+            if moved:
+                self._delete(marker)
+                if task.state is TaskState.QUEUED:
+                    self.mark_ready(task_id, task.ready_at)
+                changed.append(task)
+        return changed
+
+    def requeue_task(self, task_id: str) -> Task:
+        """Put a failed or cancelled task back in the queue with fresh attempts."""
+
+        def change(task: Task) -> Task | None:
+            if task.state not in (TaskState.FAILED, TaskState.CANCELLED):
+                return None
+            task.state = TaskState.QUEUED
+            task.attempts = 0
+            task.dead_letter = False
+            task.error = None
+            task.ready_at = now()
+            return task
+
+        task = self.mutate_task(task_id, change).value
+        if task.state is TaskState.QUEUED:
+            self.mark_ready(task_id, task.ready_at)
+        return task
+
+    def dead_letters(self) -> list[Task]:
+        """Tasks that failed for good."""
+        out = []
+        for task_id in self.all_task_ids():
+            found = self.get_task(task_id)
+            if found is not None and found.value.dead_letter:
+                out.append(found.value)
+        return out
+
+    # ------------------------------------------------------------------ artifacts
+
+    def put_artifact(self, job_id: str, name: str, data: bytes) -> None:
+        if len(data) > self.max_artifact_bytes:
+            raise ArtifactTooLarge(
+                f"artifact {name!r} is {len(data)} bytes; the store accepts at most "
+                f"{self.max_artifact_bytes}"
+            )
+        self._put_blob(f"artifacts/{job_id}/{name}", data)
+
+    def get_artifact(self, job_id: str, name: str) -> bytes | None:
+        if not _safe_id(job_id) or not _safe_id(name):
+            return None
+        return self._get_blob(f"artifacts/{job_id}/{name}")
+
+    def _iter_keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        start: str | None = None
+        while True:
+            page = self._list(prefix, start_after=start, limit=1000)
+            keys.extend(page)
+            if len(page) < 1000:
+                return keys
+            start = page[-1]
+
+
+def _safe_id(value: str) -> bool:
+    return bool(value) and len(value) <= 200 and all(c.isalnum() or c in "._-" for c in value)
+
+
+def _require_lease(task: Task, epoch: int) -> None:
+    if task.state is not TaskState.LEASED or task.lease is None or task.lease.epoch != epoch:
+        current = task.lease.epoch if task.lease else None
+        raise StaleLease(
+            f"lease epoch {epoch} is not current for task {task.task_id} "
+            f"(state {task.state.value}, current epoch {current})"
+        )
+
+
+def _close_attempt(task: Task, outcome: str, error: ErrorInfo | None = None) -> None:
+    if task.history and task.history[-1].ended_at is None:
+        record = task.history[-1]
+        record.ended_at = now()
+        record.outcome = outcome  # type: ignore[assignment]
+        record.error = error
