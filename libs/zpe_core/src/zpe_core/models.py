@@ -247,7 +247,7 @@ class Versioned(Generic[T]):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How failed or expired attempts are retried: exponential backoff with jitter (half to full delay)."""
+    """How failed or expired attempts are retried: exponential backoff with jitter."""
 
     retry_max: int = 3
     backoff_base_seconds: float = 10.0

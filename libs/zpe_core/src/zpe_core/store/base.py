@@ -20,6 +20,7 @@ A backend may override a typed operation for speed, never for semantics.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -157,10 +158,8 @@ class JobStore(ABC):
         rev = self._create(f"jobs/{job.job_id}", job.model_dump_json().encode())
         inverted = 10**15 - int(job.created_at * 1000)
         index = f"owners/{_owner_key(job.owner)}/{inverted:015d}-{job.job_id}"
-        try:
+        with contextlib.suppress(AlreadyExists):
             self._create(index, b"")
-        except AlreadyExists:
-            pass
         return Versioned(job, rev)
 
     def get_job(self, job_id: str) -> Versioned[Job] | None:
@@ -243,10 +242,8 @@ class JobStore(ABC):
 
     def mark_ready(self, task_id: str, ready_at: float) -> None:
         """Put a queue marker for a task. Markers are hints; the task record decides."""
-        try:
+        with contextlib.suppress(AlreadyExists):
             self._create(f"queue/{_ms(ready_at)}-{task_id}", b"")
-        except AlreadyExists:
-            pass
 
     def claim_task(
         self, task_id: str, worker_id: str, lease_seconds: float, *, ignore_ready_at: bool = False
@@ -263,9 +260,7 @@ class JobStore(ABC):
             if task.state is TaskState.LEASED and task.lease and task.lease.expires_at <= t:
                 _close_attempt(task, "expired")
                 task.attempts += 1
-            elif task.state is not TaskState.QUEUED:
-                return None
-            elif task.ready_at > t and not ignore_ready_at:
+            elif task.state is not TaskState.QUEUED or (task.ready_at > t and not ignore_ready_at):
                 return None
             task.epoch += 1
             task.state = TaskState.LEASED
@@ -283,10 +278,8 @@ class JobStore(ABC):
         result = self.mutate_task(task_id, change)
         if not claimed:
             return None
-        try:
+        with contextlib.suppress(AlreadyExists):
             self._create(f"leases/{task_id}", b"")
-        except AlreadyExists:
-            pass
         return result.value
 
     def claim_next(
@@ -423,7 +416,9 @@ class JobStore(ABC):
             expired_epoch = lease.epoch
             moved: list[bool] = []
 
-            def change(task: Task, expired_epoch: int = expired_epoch) -> Task | None:
+            def change(
+                task: Task, expired_epoch: int = expired_epoch, moved: list[bool] = moved
+            ) -> Task | None:
                 lease = task.lease
                 if task.state is not TaskState.LEASED or lease is None:
                     return None

@@ -1,0 +1,125 @@
+"""The result of a finished job: JSON document, ``summary.txt`` and ``freqs.csv``."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime
+from typing import Any
+
+from zpe_core.analysis import VibrationResult
+from zpe_core.models import Job
+
+EV_TO_KJMOL = 96.48533212331002
+ARTIFACT_NAMES = {"result": "result.json", "summary": "summary.txt", "freqs": "freqs.csv"}
+ARTIFACT_MEDIA_TYPES = {
+    "result": "application/json",
+    "summary": "text/plain; charset=utf-8",
+    "freqs": "text/csv; charset=utf-8",
+}
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat()
+
+
+def build_result(
+    job: Job, vib: VibrationResult, *, finished_at: float, engine_version: str
+) -> dict[str, Any]:
+    """The result document (a superset of the seed system's fields)."""
+    started = job.started_at or job.created_at
+    s = job.structure
+    return {
+        "job_id": job.job_id,
+        "freqs_cm": [m.frequency_cm for m in vib.modes],
+        "modes": [
+            {
+                "index": m.index,
+                "frequency_cm": m.frequency_cm,
+                "imaginary": m.imaginary,
+                "counted": m.counted,
+                "energy_ev": m.energy_ev,
+            }
+            for m in vib.modes
+        ],
+        "imaginary_freqs_cm": [m.frequency_cm for m in vib.modes if m.imaginary],
+        "counted_modes": [m.index for m in vib.modes if m.counted],
+        "excluded_modes": vib.excluded,
+        "mode_selection": (
+            f"free molecule: the {vib.excluded} lowest modes (translations and rotations"
+            f"{', linear' if vib.linear else ''}) are excluded"
+            if vib.free_molecule
+            else "adsorbate/partial Hessian: every real mode is counted"
+        ),
+        "zpe_ev": vib.zpe_ev,
+        "zpe_kjmol": vib.zpe_ev * EV_TO_KJMOL,
+        "s_vib_jmol_k": vib.s_vib_jmol_k,
+        "temperature": vib.temperature,
+        "mobile_indices": s.mobile_indices,
+        "fixed_indices": s.fixed_indices,
+        "symbols": s.symbols,
+        "kpts": s.kpts,
+        "koffset": s.koffset,
+        "delta": job.request.delta,
+        "nfree": job.request.nfree,
+        "pseudo_dir": s.pseudo_dir,
+        "ecutwfc": s.ecutwfc,
+        "ecutrho": s.ecutrho,
+        "engine": job.engine,
+        "engine_version": engine_version,
+        "tasks_total": job.total_tasks,
+        "tasks_reused": len(job.reused_task_ids),
+        "started_at": _iso(started),
+        "finished_at": _iso(finished_at),
+        "elapsed_seconds": max(0.0, finished_at - started),
+    }
+
+
+def render_summary(result: dict[str, Any]) -> str:
+    """A human-readable summary."""
+    lines = [
+        f"ZPE job {result['job_id']}",
+        f"engine            : {result['engine']} ({result['engine_version']})",
+        f"mobile atoms      : {result['mobile_indices']}",
+        f"fixed atoms       : {result['fixed_indices']}",
+        f"k-points          : {result['kpts'] or 'gamma'} shift {result['koffset']}",
+        f"delta / nfree     : {result['delta']} A / {result['nfree']}",
+        f"ecutwfc / ecutrho : {result['ecutwfc']} / {result['ecutrho']} Ry",
+        f"mode selection    : {result['mode_selection']}",
+        "",
+        f"{'mode':>4}  {'freq (cm^-1)':>14}  {'energy (meV)':>12}  note",
+    ]
+    for mode in result["modes"]:
+        note = "imaginary" if mode["imaginary"] else ("" if mode["counted"] else "excluded")
+        freq = f"{abs(mode['frequency_cm']):.2f}" + ("i" if mode["imaginary"] else " ")
+        lines.append(
+            f"{mode['index']:>4}  {freq:>14}  {mode['energy_ev'] * 1000:>12.3f}  {note}".rstrip()
+        )
+    n_imag = len(result["imaginary_freqs_cm"])
+    lines += [
+        "",
+        f"ZPE               : {result['zpe_ev']:.6f} eV ({result['zpe_kjmol']:.3f} kJ/mol)",
+        f"S_vib({result['temperature']:g} K) : {result['s_vib_jmol_k']:.4f} J/mol/K",
+        f"imaginary modes   : {n_imag}" + (" (not counted in the ZPE)" if n_imag else ""),
+        f"tasks             : {result['tasks_total']} ({result['tasks_reused']} reused)",
+        f"elapsed           : {result['elapsed_seconds']:.1f} s",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_freqs_csv(result: dict[str, Any]) -> str:
+    """One row per mode: index, frequency (imaginary as negative), flags, energy."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["mode", "frequency_cm", "imaginary", "counted", "energy_ev"])
+    for mode in result["modes"]:
+        writer.writerow(
+            [
+                mode["index"],
+                f"{mode['frequency_cm']:.4f}",
+                str(mode["imaginary"]).lower(),
+                str(mode["counted"]).lower(),
+                f"{mode['energy_ev']:.8f}",
+            ]
+        )
+    return out.getvalue()

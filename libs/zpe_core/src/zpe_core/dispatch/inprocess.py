@@ -1,0 +1,155 @@
+"""``inprocess``: the embedded default. A bounded pool of worker processes
+started by the API process runs the same task code as ``services/worker``.
+
+Tasks whose ``ready_at`` lies in the future (retry backoff) wait in a small
+scheduler thread. A worker process that dies costs one task: its lease
+expires and the reaper re-queues it. With a ``memory://`` store, which other
+processes cannot see, the pool uses threads instead.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
+
+from zpe_core.dispatch.base import JobDispatcher
+from zpe_core.models import Task, now
+from zpe_core.settings import Settings
+
+log = logging.getLogger("zpe.dispatch.inprocess")
+
+_worker_service = None  # the JobService of a pool process, built once by _init_worker
+
+
+def _init_worker(settings_json: str) -> None:
+    global _worker_service
+    from zpe_core.service import JobService
+    from zpe_core.store import open_store
+
+    settings = Settings.model_validate_json(settings_json)
+    store = open_store(settings.store_url, max_artifact_bytes=settings.max_artifact_bytes)
+    _worker_service = JobService(store, None, settings)
+
+
+def _run_in_worker(task_id: str) -> str:
+    from zpe_core.runner import run_task
+
+    assert _worker_service is not None
+    return run_task(_worker_service, task_id, f"inprocess-{os.getpid()}").value
+
+
+class InProcessDispatcher(JobDispatcher):
+    """Runs tasks in a pool of ``ZPE_INPROCESS_CONCURRENCY`` local workers."""
+
+    name = "inprocess"
+
+    def __init__(self, settings: Settings, *, use_threads: bool = False, service: object = None):
+        self.settings = settings
+        self._use_threads = use_threads
+        self._service = service  # the API's JobService, used by thread workers
+        self._executor: Executor | None = None
+        self._lock = threading.Lock()
+        self._delayed: list[tuple[float, str]] = []
+        self._wakeup = threading.Condition(self._lock)
+        self._stopping = False
+        self._scheduler: threading.Thread | None = None
+
+    def _new_executor(self) -> Executor:
+        workers = self.settings.inprocess_concurrency
+        if self._use_threads:
+            return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zpe-task")
+        return ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.settings.model_dump_json(),),
+        )
+
+    def start(self) -> None:
+        with self._lock:
+            self._stopping = False
+            if self._executor is None:
+                self._executor = self._new_executor()
+            if self._scheduler is None:
+                self._scheduler = threading.Thread(
+                    target=self._schedule_loop, name="zpe-scheduler", daemon=True
+                )
+                self._scheduler.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._wakeup.notify_all()
+            executor, self._executor = self._executor, None
+        if self._scheduler is not None:
+            self._scheduler.join(timeout=5)
+            self._scheduler = None
+        if executor is not None:
+            # Running tasks finish or, if the process is killed, their leases expire.
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    def dispatch(self, tasks: Sequence[Task]) -> None:
+        t = now()
+        for task in tasks:
+            if task.ready_at > t:
+                with self._lock:
+                    heapq.heappush(self._delayed, (task.ready_at, task.task_id))
+                    self._wakeup.notify()
+            else:
+                self._submit(task.task_id)
+
+    def _submit(self, task_id: str) -> None:
+        with self._lock:
+            if self._stopping:
+                return
+            if self._executor is None:
+                self._executor = self._new_executor()
+            executor = self._executor
+        try:
+            if self._use_threads:
+                future: Future[str] = executor.submit(self._run_in_thread, task_id)
+            else:
+                future = executor.submit(_run_in_worker, task_id)
+        except (BrokenProcessPool, RuntimeError):
+            # A worker process died and broke the pool: start a new pool and retry once.
+            log.warning("worker pool broken; restarting it")
+            with self._lock:
+                self._executor = self._new_executor()
+                executor = self._executor
+            future = executor.submit(_run_in_worker, task_id)
+        future.add_done_callback(lambda f, task_id=task_id: self._done(task_id, f))
+
+    def _run_in_thread(self, task_id: str) -> str:
+        from zpe_core.runner import run_task
+        from zpe_core.service import JobService
+
+        assert isinstance(self._service, JobService)
+        worker_id = f"inprocess-{os.getpid()}-{threading.get_ident()}"
+        return run_task(self._service, task_id, worker_id).value
+
+    def _done(self, task_id: str, future: Future[str]) -> None:
+        exc = future.exception()
+        if exc is not None:
+            # The lease of a task whose worker died expires; the reaper re-queues it.
+            log.error("task worker crashed", extra={"task_id": task_id, "error": repr(exc)})
+            if isinstance(exc, BrokenProcessPool):
+                with self._lock:
+                    if not self._stopping:
+                        self._executor = self._new_executor()
+
+    def _schedule_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and (not self._delayed or self._delayed[0][0] > now()):
+                    timeout = self._delayed[0][0] - now() if self._delayed else None
+                    self._wakeup.wait(timeout=timeout)
+                if self._stopping:
+                    return
+                _, task_id = heapq.heappop(self._delayed)
+            self._submit(task_id)

@@ -1,0 +1,174 @@
+"""The displacement plan: a job's tasks and their content-addressed keys.
+
+A task's key is a SHA-256 of everything that determines its forces: engine
+and engine version, species, positions after displacement, cell, periodicity,
+the namelists that matter, k-points and the pseudopotential files (name and
+content digest). Two jobs that need the same point get the same key and
+share one task; a finished task is reused by any later job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from zpe_core.analysis import Displacement, displaced_positions, displacements
+from zpe_core.errors import InputError
+from zpe_core.models import JobRequest, QeCalcSpec, StructureInfo, TaskRef, TaskSpec
+from zpe_core.qe_input import ParsedInput
+
+#: Namelist keys that never change forces, left out of task keys.
+_KEY_IGNORED = {"verbosity", "title", "iprint", "max_seconds", "disk_io", "wf_collect", "outdir"}
+
+
+@dataclass(frozen=True)
+class PlannedTask:
+    """One displacement of a job, with its spec and content key."""
+
+    displacement: Displacement
+    spec: TaskSpec
+    task_id: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    structure: StructureInfo
+    tasks: list[PlannedTask]
+
+    @property
+    def refs(self) -> list[TaskRef]:
+        return [TaskRef(name=t.displacement.name, task_id=t.task_id) for t in self.tasks]
+
+
+def build_plan(
+    parsed: ParsedInput,
+    mobile: list[int],
+    request: JobRequest,
+    *,
+    engine: str,
+    engine_version: str,
+    pseudo_dir: str | None,
+) -> Plan:
+    """Every displacement point of the job, each as a task spec with its key."""
+    atoms = parsed.atoms
+    symbols = list(atoms.get_chemical_symbols())
+    for label, symbol in zip(parsed.labels, symbols, strict=True):
+        if label != symbol:
+            raise InputError(
+                f"species label {label!r} differs from its element {symbol!r}; "
+                "only element symbols are supported as ATOMIC_SPECIES labels",
+                code="unsupported_species_label",
+            )
+    qe: QeCalcSpec | None = None
+    if engine == "qe":
+        qe = QeCalcSpec(
+            input_data=parsed.input_data,
+            pseudopotentials=dict(parsed.species),
+            pseudo_digests={
+                label: pseudo_digest(pseudo_dir, name) for label, name in parsed.species.items()
+            },
+            kpts=list(parsed.kpts) if parsed.kpts is not None else None,
+            koffset=list(parsed.koffset),
+        )
+    cell = atoms.cell.array.tolist()
+    pbc = [bool(x) for x in atoms.pbc]
+    reference = atoms.positions.copy()
+    tasks: list[PlannedTask] = []
+    for disp in displacements(mobile, request.nfree):
+        positions = displaced_positions(reference, disp, request.delta)
+        spec = TaskSpec(
+            engine=engine,
+            engine_version=engine_version,
+            symbols=symbols,
+            positions=positions.tolist(),
+            cell=cell,
+            pbc=pbc,
+            qe=qe,
+        )
+        tasks.append(PlannedTask(displacement=disp, spec=spec, task_id=task_key(spec)))
+    fixed = set(parsed.fixed_indices)
+    structure = StructureInfo(
+        natoms=len(atoms),
+        symbols=symbols,
+        mobile_indices=list(mobile),
+        fixed_indices=sorted(fixed),
+        kpts=list(parsed.kpts) if parsed.kpts is not None else None,
+        koffset=list(parsed.koffset),
+        ecutwfc=_float_or_none(parsed.input_data.get("system", {}).get("ecutwfc")),
+        ecutrho=_float_or_none(parsed.input_data.get("system", {}).get("ecutrho")),
+        pseudo_dir=pseudo_dir,
+        free_molecule=not fixed
+        and not parsed.partially_fixed_indices
+        and len(mobile) == len(atoms),
+    )
+    return Plan(structure=structure, tasks=tasks)
+
+
+def task_key(spec: TaskSpec) -> str:
+    """The content hash that identifies a point: equal keys give equal forces."""
+    material: dict[str, Any] = {
+        "engine": spec.engine,
+        "engine_version": spec.engine_version,
+        "symbols": spec.symbols,
+        "positions": [[round(x, 9) for x in row] for row in spec.positions],
+        "cell": [[round(x, 9) for x in row] for row in spec.cell],
+        "pbc": spec.pbc,
+    }
+    if spec.qe is not None:
+        material["qe"] = {
+            "input_data": {
+                section: {k: v for k, v in values.items() if k not in _KEY_IGNORED}
+                for section, values in spec.qe.input_data.items()
+            },
+            "pseudopotentials": spec.qe.pseudopotentials,
+            "pseudo_digests": spec.qe.pseudo_digests,
+            "kpts": spec.qe.kpts,
+            "koffset": spec.qe.koffset,
+        }
+    canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), default=str)
+    return "t" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def pseudo_digest(pseudo_dir: str | None, filename: str) -> str | None:
+    """SHA-256 of a pseudopotential file, or ``None`` where this process cannot see it
+    (the control plane of a split deployment has no pseudopotentials)."""
+    if not pseudo_dir:
+        return None
+    path = Path(pseudo_dir) / filename
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _digest_file(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=256)
+def _digest_file(path: str, mtime_ns: int, size: int) -> str:
+    del mtime_ns, size  # part of the cache key: a changed file is hashed again
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def _float_or_none(value: object) -> float | None:
+    if isinstance(value, int | float):
+        return float(value)
+    return None
+
+
+def request_fingerprint(request: JobRequest) -> str:
+    """A digest of the payload, to tell an idempotent retry from a reused key."""
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def new_job_id() -> str:
+    """An unguessable job id (128 random bits)."""
+    return "j" + os.urandom(16).hex()

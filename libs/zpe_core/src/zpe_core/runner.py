@@ -1,0 +1,140 @@
+"""Running one task: the code every worker runs, whatever dispatched the task.
+
+``run_task`` claims a task through the store (so a duplicate delivery runs
+nothing), keeps its lease alive with a heartbeat thread, computes it in a
+private scratch directory, and commits the result or records the failure
+under the lease's epoch (so a worker that lost its lease cannot overwrite a
+newer attempt). ``compute_task`` is the store-free part, shared with pull
+workers that talk to the store only through the API.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from enum import StrEnum
+from pathlib import Path
+
+from zpe_core.engines import get_engine
+from zpe_core.errors import EngineError, StateConflict, ZpeError
+from zpe_core.models import ErrorInfo, Task, TaskResult, TaskSpec
+from zpe_core.service import JobService
+from zpe_core.settings import Settings
+
+log = logging.getLogger("zpe.runner")
+
+
+class Outcome(StrEnum):
+    """What a delivery of a task ended in."""
+
+    COMMITTED = "committed"  # this call computed and committed the result
+    SKIPPED = "skipped"  # already done, or leased by someone else: nothing run
+    ABANDONED = "abandoned"  # every job that wanted it ended: nothing run
+    RETRY = "retry"  # failed, will be retried
+    FAILED = "failed"  # failed for good (dead letter)
+    LOST_LEASE = "lost_lease"  # computed, but the lease moved on: result refused
+
+
+def compute_task(spec: TaskSpec, settings: Settings, *, task_id: str = "") -> TaskResult:
+    """Run the engine for ``spec`` in a private scratch directory, removed after.
+
+    Raises ``EngineError``; unexpected exceptions become retryable engine errors.
+    """
+    engine = get_engine(spec.engine, settings)
+    workdir = Path(
+        tempfile.mkdtemp(prefix=f"zpe-{task_id[:14]}-", dir=settings.scratch_dir or None)
+    )
+    try:
+        return engine.compute(spec, workdir)
+    except EngineError:
+        raise
+    except Exception as exc:  # an engine bug or the machine; another attempt may work
+        raise EngineError(
+            f"{type(exc).__name__} while computing: {exc}", retryable=True, code="engine_error"
+        ) from exc
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class Heartbeat:
+    """Extends a lease periodically from a daemon thread while a task runs."""
+
+    def __init__(self, service: JobService, task: Task) -> None:
+        self._service = service
+        self._task_id = task.task_id
+        assert task.lease is not None
+        self._epoch = task.lease.epoch
+        self._stop = threading.Event()
+        self.lost = False
+        self._thread = threading.Thread(target=self._loop, name="zpe-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        settings = self._service.settings
+        while not self._stop.wait(settings.heartbeat_seconds):
+            try:
+                self._service.store.heartbeat(self._task_id, self._epoch, settings.lease_seconds)
+            except StateConflict:
+                self.lost = True
+                return
+            except ZpeError as exc:  # store briefly unavailable: keep trying
+                log.warning("heartbeat failed", extra={"task_id": self._task_id, "error": str(exc)})
+
+
+def run_task(service: JobService, task_id: str, worker_id: str) -> Outcome:
+    """Claim, compute and commit one task; advance its jobs."""
+    store, settings = service.store, service.settings
+    task = store.claim_task(task_id, worker_id, settings.lease_seconds)
+    if task is None:
+        return Outcome.SKIPPED
+    assert task.lease is not None
+    epoch = task.lease.epoch
+    extra = {"task_id": task_id, "worker_id": worker_id, "epoch": epoch}
+    if not service.has_active_subscriber(task):
+        store.release_task(task_id, epoch)
+        service.abandon_if_unwanted(task_id)
+        log.info("task abandoned: no job wants it", extra=extra)
+        return Outcome.ABANDONED
+    service.task_started(task)
+    started = time.monotonic()
+    log.info("task started", extra=extra)
+    try:
+        with Heartbeat(service, task):
+            result = compute_task(task.spec, settings, task_id=task_id)
+    except EngineError as exc:
+        log.warning("task failed", extra={**extra, "code": exc.code, "retryable": exc.retryable})
+        try:
+            failed = store.fail_task(
+                task_id,
+                epoch,
+                ErrorInfo.from_exc(exc),
+                retryable=exc.retryable,
+                policy=settings.retry_policy,
+            )
+        except StateConflict:
+            return Outcome.LOST_LEASE
+        service.task_failed(failed)
+        return Outcome.FAILED if failed.dead_letter else Outcome.RETRY
+    result.worker_id = worker_id
+    try:
+        committed_task, committed = store.commit_result(task_id, epoch, result)
+    except StateConflict:
+        log.warning("result refused: lease lost", extra=extra)
+        return Outcome.LOST_LEASE
+    if committed:
+        log.info(
+            "task committed",
+            extra={**extra, "seconds": round(time.monotonic() - started, 3)},
+        )
+        service.task_succeeded(committed_task)
+    return Outcome.COMMITTED

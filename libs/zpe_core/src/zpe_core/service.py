@@ -1,0 +1,524 @@
+"""Job orchestration shared by the control plane and the workers.
+
+``JobService`` turns a request into a job and its tasks, dispatches the
+tasks, and reacts when a task settles: whoever commits a task's result calls
+``task_succeeded`` (or ``task_failed``), which advances every job waiting for
+that task; the one caller whose compare-and-swap completes a job's task set
+assembles the Hessian and finishes the job (``finalize``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+from ase import Atoms
+
+from zpe_core.analysis import analyze
+from zpe_core.artifacts import (
+    ARTIFACT_NAMES,
+    build_result,
+    render_freqs_csv,
+    render_summary,
+)
+from zpe_core.dispatch.base import DispatchError, JobDispatcher
+from zpe_core.errors import (
+    AlreadyExists,
+    ErrorSource,
+    InputError,
+    NotFound,
+    StateConflict,
+    ZpeError,
+)
+from zpe_core.models import (
+    ErrorInfo,
+    Job,
+    JobRequest,
+    JobState,
+    JobSummary,
+    Task,
+    TaskState,
+    now,
+)
+from zpe_core.plan import Plan, PlannedTask, build_plan, new_job_id, request_fingerprint
+from zpe_core.qe_input import parse_qe_input, select_mobile
+from zpe_core.settings import Settings
+from zpe_core.store.base import JobStore
+
+log = logging.getLogger("zpe.service")
+
+
+class JobService:
+    """Submit, cancel and finish jobs on top of a ``JobStore`` and a ``JobDispatcher``."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        dispatcher: JobDispatcher | None,
+        settings: Settings,
+        *,
+        engine_versions: dict[str, str] | None = None,
+    ) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self._engine_versions = engine_versions or {}
+
+    # ------------------------------------------------------------------ submission
+
+    def engine_version(self, engine: str) -> str:
+        """The version that goes into task keys for ``engine``."""
+        if engine not in self._engine_versions:
+            if engine == "qe" and self.settings.qe_version:
+                self._engine_versions[engine] = self.settings.qe_version
+            else:
+                from zpe_core.engines import get_engine
+
+                self._engine_versions[engine] = get_engine(engine, self.settings).version()
+        return self._engine_versions[engine]
+
+    def plan(self, request: JobRequest) -> tuple[str, Plan]:
+        """Validate a request and build its plan (no store access)."""
+        engine = request.engine or self.settings.default_engine
+        if engine not in self.settings.engines:
+            raise InputError(
+                f"engine {engine!r} is not offered here; choose one of {self.settings.engines}",
+                code="unknown_engine",
+            )
+        parsed = parse_qe_input(request.input_text, max_bytes=self.settings.max_input_bytes)
+        mobile = select_mobile(parsed, request.mobile, max_mobile=self.settings.max_mobile_atoms)
+        plan = build_plan(
+            parsed,
+            mobile,
+            request,
+            engine=engine,
+            engine_version=self.engine_version(engine),
+            pseudo_dir=self.settings.pseudo_dir if engine == "qe" else None,
+        )
+        return engine, plan
+
+    def submit(
+        self, request: JobRequest, *, owner: str, idempotency_key: str | None = None
+    ) -> tuple[Job, bool]:
+        """Create a job and dispatch its tasks. Returns ``(job, created)``.
+
+        With an ``idempotency_key``, a repeat of the same payload returns the
+        first job (``created=False``); the same key with another payload is a
+        ``StateConflict``. Invalid input raises ``InputError`` and stores nothing.
+        """
+        engine, plan = self.plan(request)
+        fingerprint = request_fingerprint(request)
+        job_id = new_job_id()
+        if idempotency_key is not None:
+            existing = self.store.claim_idempotency_key(owner, idempotency_key, fingerprint, job_id)
+            if existing is not None:
+                existing_id, existing_fp = existing
+                if existing_fp != fingerprint:
+                    raise StateConflict(
+                        "this Idempotency-Key was already used with a different payload",
+                        code="idempotency_key_reused",
+                    )
+                found = self.store.get_job(existing_id)
+                if found is not None:
+                    return found.value, False
+                # The first request bound the key but died before creating its job.
+                raise StateConflict(
+                    "a request with this Idempotency-Key is still being processed; retry",
+                    code="idempotency_in_progress",
+                )
+        job = Job(
+            job_id=job_id,
+            owner=owner,
+            request=request,
+            engine=engine,
+            structure=plan.structure,
+            tasks=plan.refs,
+            fingerprint=fingerprint,
+            idempotency_key=idempotency_key,
+        )
+        try:
+            self.store.create_job(job)
+        except BaseException:
+            if idempotency_key is not None:
+                self.store.release_idempotency_key(owner, idempotency_key)
+            raise
+        log.info("job submitted", extra={"job_id": job_id, "tasks": job.total_tasks})
+        to_dispatch: list[Task] = []
+        reused: list[str] = []
+        seen: set[str] = set()
+        for planned in plan.tasks:
+            if planned.task_id in seen:
+                continue
+            seen.add(planned.task_id)
+            task, needs_dispatch = self._subscribe(planned, job_id)
+            if task.state is TaskState.DONE:
+                reused.append(task.task_id)
+            elif needs_dispatch:
+                to_dispatch.append(task)
+        if reused:
+            for task_id in reused:
+                self._mark_task_done(job_id, task_id, reused=True)
+        if to_dispatch:
+            self._dispatch(to_dispatch)
+        found = self.store.get_job(job_id)
+        assert found is not None
+        return found.value, True
+
+    def _subscribe(self, planned: PlannedTask, job_id: str) -> tuple[Task, bool]:
+        """Create the task, or add the job to an existing one. Returns ``(task, dispatch?)``."""
+        try:
+            created = self.store.create_task(
+                Task(task_id=planned.task_id, spec=planned.spec, subscribers=[job_id])
+            )
+            return created.value, True
+        except AlreadyExists:
+            pass
+        revived: list[bool] = []
+
+        def change(task: Task) -> Task | None:
+            if job_id in task.subscribers and task.state not in (
+                TaskState.FAILED,
+                TaskState.CANCELLED,
+            ):
+                return None
+            if job_id not in task.subscribers:
+                task.subscribers.append(job_id)
+            if task.state in (TaskState.FAILED, TaskState.CANCELLED):
+                # A new job wants a point that failed or was abandoned before: try afresh.
+                task.state = TaskState.QUEUED
+                task.attempts = 0
+                task.dead_letter = False
+                task.error = None
+                task.ready_at = now()
+                revived.append(True)
+            return task
+
+        task = self.store.mutate_task(planned.task_id, change).value
+        if revived:
+            self.store.mark_ready(task.task_id, task.ready_at)
+        # Queued or leased tasks are already dispatched; re-dispatching is harmless
+        # and covers a dispatch lost before a crash.
+        return task, task.state is TaskState.QUEUED
+
+    def _dispatch(self, tasks: Sequence[Task]) -> None:
+        if self.dispatcher is None:
+            return
+        try:
+            self.dispatcher.dispatch(tasks)
+        except DispatchError as exc:
+            log.error("dispatch failed", extra={"error": exc.message})
+            for task in tasks:
+                failed = self.store.fail_task(
+                    task.task_id,
+                    None,
+                    ErrorInfo.from_exc(exc),
+                    retryable=False,
+                    policy=self.settings.retry_policy,
+                )
+                self.task_failed(failed)
+
+    # ------------------------------------------------------------------ reading
+
+    def get_job(self, job_id: str, *, owner: str | None = None) -> tuple[Job, int]:
+        """The job and its store revision; ``NotFound`` if absent or not the owner's."""
+        found = self.store.get_job(job_id)
+        if found is None or (owner is not None and found.value.owner != owner):
+            raise NotFound(f"job {job_id} not found")
+        return found.value, found.rev
+
+    def get_result(self, job_id: str, *, owner: str | None = None) -> dict[str, object]:
+        job, _ = self.get_job(job_id, owner=owner)
+        self._require_done(job)
+        raw = self.store.get_artifact(job_id, ARTIFACT_NAMES["result"])
+        if raw is None:
+            raise NotFound(f"result of job {job_id} is missing from the store")
+        result: dict[str, object] = json.loads(raw)
+        return result
+
+    def get_file(self, job_id: str, kind: str, *, owner: str | None = None) -> bytes:
+        if kind not in ARTIFACT_NAMES:
+            raise InputError(
+                f"unknown file kind {kind!r}; choose one of {sorted(ARTIFACT_NAMES)}",
+                code="unknown_file_kind",
+            )
+        job, _ = self.get_job(job_id, owner=owner)
+        self._require_done(job)
+        raw = self.store.get_artifact(job_id, ARTIFACT_NAMES[kind])
+        if raw is None:
+            raise NotFound(f"{kind} of job {job_id} is missing from the store")
+        return raw
+
+    @staticmethod
+    def _require_done(job: Job) -> None:
+        if job.state is not JobState.DONE:
+            reason = f": {job.error.message}" if job.error else ""
+            raise StateConflict(
+                f"job {job.job_id} is {job.state.value}, not done{reason}", code="job_not_done"
+            )
+
+    def task_states(self, job: Job) -> dict[str, int]:
+        """How many of the job's tasks are in each state (reads every task)."""
+        counts: dict[str, int] = {}
+        for task_id in {ref.task_id for ref in job.tasks}:
+            found = self.store.get_task(task_id)
+            state = found.value.state.value if found else "missing"
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    # ------------------------------------------------------------------ cancel
+
+    def cancel(self, job_id: str, *, owner: str | None = None) -> Job:
+        """Cancel a job that has not finished; tasks nobody else wants are abandoned."""
+        self.get_job(job_id, owner=owner)
+
+        def change(job: Job) -> Job | None:
+            if job.state is JobState.CANCELLED:
+                return None
+            if job.state.terminal:
+                raise StateConflict(
+                    f"job {job_id} already ended ({job.state.value}); nothing to cancel",
+                    code="job_already_finished",
+                )
+            job.state = JobState.CANCELLED
+            job.finished_at = now()
+            return job
+
+        job = self.store.mutate_job(job_id, change).value
+        for task_id in {ref.task_id for ref in job.tasks}:
+            self.abandon_if_unwanted(task_id)
+        return job
+
+    def abandon_if_unwanted(self, task_id: str) -> None:
+        """Cancel a queued task if every job that wanted it has ended."""
+        found = self.store.get_task(task_id)
+        if found is None or found.value.state is not TaskState.QUEUED:
+            return
+        if self.has_active_subscriber(found.value):
+            return
+
+        def change(task: Task) -> Task | None:
+            if task.state is not TaskState.QUEUED or self.has_active_subscriber(task):
+                return None
+            task.state = TaskState.CANCELLED
+            return task
+
+        self.store.mutate_task(task_id, change)
+
+    def has_active_subscriber(self, task: Task) -> bool:
+        """Whether any job waiting for ``task`` has not ended."""
+        for job_id in task.subscribers:
+            found = self.store.get_job(job_id)
+            if found is not None and not found.value.state.terminal:
+                return True
+        return False
+
+    # ------------------------------------------------------------------ task outcomes
+
+    def task_started(self, task: Task) -> None:
+        """A worker leased ``task``: its queued jobs become running."""
+        for job_id in task.subscribers:
+
+            def change(job: Job) -> Job | None:
+                if job.state is not JobState.QUEUED:
+                    return None
+                job.state = JobState.RUNNING
+                job.started_at = now()
+                return job
+
+            try:
+                self.store.mutate_job(job_id, change)
+            except NotFound:
+                continue
+
+    def task_succeeded(self, task: Task) -> None:
+        """Call after ``commit_result`` committed ``task``: advance and maybe finish its jobs."""
+        for job_id in task.subscribers:
+            self._mark_task_done(job_id, task.task_id)
+
+    def task_failed(self, task: Task) -> None:
+        """Call after a failure was recorded: if the task failed for good, fail its jobs."""
+        if task.state is not TaskState.FAILED:
+            return
+        error = task.error or ErrorInfo(
+            code="task_failed", message="a task failed", source=ErrorSource.COMPUTE
+        )
+        for job_id in task.subscribers:
+            self.fail_job(
+                job_id,
+                ErrorInfo(
+                    code=error.code,
+                    message=f"task {task.task_id[:13]} failed after {task.attempts} "
+                    f"attempt(s): {error.message}",
+                    source=error.source,
+                    detail=error.detail,
+                    retryable=error.retryable,
+                ),
+            )
+
+    def fail_job(self, job_id: str, error: ErrorInfo) -> None:
+        def change(job: Job) -> Job | None:
+            if job.state.terminal:
+                return None
+            job.state = JobState.FAILED
+            job.error = error
+            job.finished_at = now()
+            return job
+
+        try:
+            self.store.mutate_job(job_id, change)
+        except NotFound:
+            return
+        log.warning("job failed", extra={"job_id": job_id, "code": error.code})
+
+    def _mark_task_done(self, job_id: str, task_id: str, *, reused: bool = False) -> None:
+        completed: list[bool] = []
+
+        def change(job: Job) -> Job | None:
+            if job.state.terminal or task_id in job.done_task_ids:
+                return None
+            job.done_task_ids.append(task_id)
+            if reused:
+                job.reused_task_ids.append(task_id)
+            elif job.state is JobState.QUEUED:
+                job.state = JobState.RUNNING
+                job.started_at = now()
+            if job.done_tasks == job.total_tasks:
+                completed.append(True)
+            return job
+
+        try:
+            self.store.mutate_job(job_id, change)
+        except NotFound:
+            return
+        if completed:
+            # This call's compare-and-swap completed the set: exactly one caller gets here.
+            self.finalize(job_id)
+
+    # ------------------------------------------------------------------ finishing
+
+    def finalize(self, job_id: str) -> None:
+        """Assemble the Hessian from the tasks' forces and finish the job.
+
+        Idempotent: a crash half-way is repaired by running it again (recovery).
+        """
+        found = self.store.get_job(job_id)
+        if found is None or found.value.state.terminal:
+            return
+        job = found.value
+        try:
+            forces: dict[str, np.ndarray] = {}
+            engine_version = ""
+            for ref in job.tasks:
+                task = self.store.get_task(ref.task_id)
+                if task is None or task.value.result is None:
+                    raise ZpeError(f"task {ref.task_id} has no result", code="missing_result")
+                forces[ref.name] = np.asarray(task.value.result.forces_ev_per_a, dtype=float)
+                engine_version = task.value.result.engine_version
+            atoms = _atoms_with_input_masses(job, self.settings)
+            vib = analyze(
+                atoms,
+                job.structure.mobile_indices,
+                job.request.delta,
+                job.request.nfree,
+                forces,
+                job.request.temperature,
+                job.structure.free_molecule,
+            )
+            finished = now()
+            result = build_result(job, vib, finished_at=finished, engine_version=engine_version)
+            self.store.put_artifact(
+                job_id, ARTIFACT_NAMES["result"], json.dumps(result, indent=2).encode()
+            )
+            self.store.put_artifact(
+                job_id, ARTIFACT_NAMES["summary"], render_summary(result).encode()
+            )
+            self.store.put_artifact(
+                job_id, ARTIFACT_NAMES["freqs"], render_freqs_csv(result).encode()
+            )
+        except ZpeError as exc:
+            self.fail_job(job_id, ErrorInfo.from_exc(exc))
+            return
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            self.fail_job(
+                job_id,
+                ErrorInfo(
+                    code="analysis_failed",
+                    message=f"could not build the frequencies: {exc}",
+                    source=ErrorSource.COMPUTE,
+                ),
+            )
+            return
+
+        summary = JobSummary(
+            zpe_ev=vib.zpe_ev,
+            s_vib_jmol_k=vib.s_vib_jmol_k,
+            n_imaginary=sum(1 for m in vib.modes if m.imaginary),
+        )
+
+        def change(job: Job) -> Job | None:
+            if job.state.terminal:
+                return None
+            job.state = JobState.DONE
+            job.summary = summary
+            job.finished_at = finished
+            if job.started_at is None:
+                job.started_at = job.created_at
+            return job
+
+        self.store.mutate_job(job_id, change)
+        log.info("job done", extra={"job_id": job_id, "zpe_ev": vib.zpe_ev})
+
+    # ------------------------------------------------------------------ maintenance
+
+    def reap(self) -> int:
+        """Re-queue expired leases (re-dispatching them) and fail exhausted tasks."""
+        changed = self.store.expire_leases(self.settings.retry_policy)
+        requeued = [task for task in changed if task.state is TaskState.QUEUED]
+        for task in changed:
+            if task.state is TaskState.FAILED:
+                self.task_failed(task)
+        if requeued:
+            self._dispatch(requeued)
+        return len(changed)
+
+    def recover(self) -> int:
+        """After a restart: re-dispatch queued tasks and finish jobs whose tasks all finished."""
+        pending: list[Task] = []
+        for task_id in self.store.all_task_ids():
+            found = self.store.get_task(task_id)
+            if found is None:
+                continue
+            task = found.value
+            if task.state is TaskState.QUEUED and self.has_active_subscriber(task):
+                self.store.mark_ready(task.task_id, task.ready_at)
+                pending.append(task)
+            elif task.state is TaskState.DONE:
+                for job_id in task.subscribers:
+                    job = self.store.get_job(job_id)
+                    if job is not None and not job.value.state.terminal:
+                        self._mark_task_done(job_id, task_id)
+            elif task.state is TaskState.FAILED:
+                self.task_failed(task)
+        for job_id in self.store.all_job_ids():
+            job = self.store.get_job(job_id)
+            if (
+                job is not None
+                and not job.value.state.terminal
+                and job.value.done_tasks == job.value.total_tasks
+            ):
+                self.finalize(job_id)
+        if pending:
+            self._dispatch(pending)
+        return len(pending)
+
+
+def _atoms_with_input_masses(job: Job, settings: Settings) -> Atoms:
+    """The reference structure with the masses of ATOMIC_SPECIES (isotopes matter)."""
+    parsed = parse_qe_input(job.request.input_text, max_bytes=settings.max_input_bytes)
+    atoms = parsed.atoms.copy()
+    masses = [parsed.masses.get(label, 0.0) for label in parsed.labels]
+    if all(m > 0 for m in masses):
+        atoms.set_masses(masses)
+    return atoms

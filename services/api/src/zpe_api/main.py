@@ -1,0 +1,110 @@
+"""The control plane: a FastAPI app that accepts jobs and serves results.
+
+It never runs a calculation itself. In the embedded ``inprocess`` mode its
+dispatcher starts local worker processes; in the split modes it only talks
+to the store and the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from zpe_api.problems import install_problem_handlers, problem
+from zpe_api.routers import health, jobs
+from zpe_core import __version__
+from zpe_core.dispatch import InProcessDispatcher, JobDispatcher, PullDispatcher
+from zpe_core.errors import ConfigurationError, ZpeError
+from zpe_core.maintenance import Reaper
+from zpe_core.service import JobService
+from zpe_core.settings import Settings, get_settings
+from zpe_core.store import JobStore, open_store
+
+log = logging.getLogger("zpe.api")
+
+
+def build_dispatcher(settings: Settings, service: JobService, store: JobStore) -> JobDispatcher:
+    """The dispatcher ``ZPE_EXECUTION_MODE`` names."""
+    if settings.execution_mode == "inprocess":
+        return InProcessDispatcher(
+            settings, use_threads=not store.shared_across_processes, service=service
+        )
+    if settings.execution_mode == "http-pull":
+        return PullDispatcher()
+    raise ConfigurationError(
+        f"ZPE_EXECUTION_MODE={settings.execution_mode} is not available in this build"
+    )
+
+
+def _recover_in_background(service: JobService) -> None:
+    def run() -> None:
+        try:
+            count = service.recover()
+            if count:
+                log.info("recovered unfinished tasks", extra={"count": count})
+        except ZpeError as exc:
+            log.warning("recovery failed; the reaper will retry", extra={"error": exc.message})
+
+    threading.Thread(target=run, name="zpe-recover", daemon=True).start()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API app for ``settings`` (default: from the environment)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = open_store(settings.store_url, max_artifact_bytes=settings.max_artifact_bytes)
+        service = JobService(store, None, settings)
+        dispatcher = build_dispatcher(settings, service, store)
+        service.dispatcher = dispatcher
+        dispatcher.start()
+        reaper = Reaper(service, settings.reaper_interval_seconds)
+        reaper.start()
+        app.state.settings = settings
+        app.state.store = store
+        app.state.service = service
+        app.state.dispatcher = dispatcher
+        _recover_in_background(service)
+        log.info(
+            "api started",
+            extra={"execution_mode": settings.execution_mode, "store": store.__class__.__name__},
+        )
+        try:
+            yield
+        finally:
+            reaper.stop()
+            dispatcher.stop()
+            store.close()
+
+    app = FastAPI(
+        title="ZPE compute service",
+        version=__version__,
+        description="Zero-point energies from finite differences of pw.x forces.",
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    body_cap = settings.max_input_bytes + 64 * 1024
+
+    @app.middleware("http")
+    async def cap_body_size(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > body_cap):
+            return problem(
+                413,
+                "request_too_large",
+                "Request too large",
+                f"request bodies are limited to {body_cap} bytes",
+                instance=request.url.path,
+            )
+        return await call_next(request)
+
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    return app

@@ -1,0 +1,119 @@
+"""The user API: submit, poll, fetch results, list, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import JSONResponse
+
+from zpe_api.deps import OwnerDep, ServiceDep, SettingsDep
+from zpe_api.schemas import JobCreated, JobList, JobStatus, TaskStates, job_links
+from zpe_core.artifacts import ARTIFACT_MEDIA_TYPES
+from zpe_core.errors import InputError
+from zpe_core.models import JobRequest, now
+
+router = APIRouter(prefix="/calc/zpe", tags=["jobs"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=200, description="Retry-safe submission key."),
+]
+
+
+@router.post("/jobs", status_code=201, response_model=JobCreated)
+def submit_job(
+    body: JobRequest,
+    service: ServiceDep,
+    owner: OwnerDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> JobCreated:
+    """Submit a pw.x input; answers 201 with the job id (200 for an idempotent repeat)."""
+    job, created = service.submit(body, owner=owner, idempotency_key=idempotency_key)
+    response.headers["Location"] = f"/calc/zpe/jobs/{job.job_id}"
+    if not created:
+        response.status_code = 200
+    return JobCreated(
+        job_id=job.job_id, state=job.state, created=created, links=job_links(job.job_id)
+    )
+
+
+@router.get("/jobs", response_model=JobList)
+def list_jobs(
+    service: ServiceDep,
+    owner: OwnerDep,
+    settings: SettingsDep,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> JobList:
+    """The caller's jobs, newest first; pass ``next_cursor`` back as ``cursor``."""
+    if cursor is not None and not all(c.isalnum() or c == "-" for c in cursor):
+        raise InputError("cursor is malformed; use the next_cursor of a previous page")
+    jobs, next_cursor = service.store.list_jobs(
+        owner, cursor=cursor, limit=min(limit, settings.list_page_max)
+    )
+    t = now()
+    return JobList(jobs=[JobStatus.from_job(job, t) for job in jobs], next_cursor=next_cursor)
+
+
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobStatus,
+    responses={304: {"description": "Not modified since the ETag given in If-None-Match"}},
+)
+def get_job(
+    job_id: str,
+    service: ServiceDep,
+    owner: OwnerDep,
+    settings: SettingsDep,
+    if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
+) -> Response:
+    """Status and progress. ``ETag`` + ``If-None-Match`` answer 304 while nothing changed;
+    ``Retry-After`` says when to poll again while the job runs."""
+    job, rev = service.get_job(job_id, owner=owner)
+    etag = f'"{rev:x}"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if not job.state.terminal:
+        headers["Retry-After"] = str(settings.poll_retry_after_seconds)
+    if if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]:
+        return Response(status_code=304, headers=headers)
+    status = JobStatus.from_job(job, now())
+    return JSONResponse(status.model_dump(mode="json"), headers=headers)
+
+
+@router.get("/jobs/{job_id}/tasks", response_model=TaskStates)
+def get_task_states(job_id: str, service: ServiceDep, owner: OwnerDep) -> TaskStates:
+    """How many of the job's tasks are in each state (costlier than the status)."""
+    job, _ = service.get_job(job_id, owner=owner)
+    return TaskStates(job_id=job_id, states=service.task_states(job))
+
+
+@router.get("/jobs/{job_id}/result")
+def get_result(job_id: str, service: ServiceDep, owner: OwnerDep) -> dict[str, Any]:
+    """The result document; 409 until the job is done."""
+    return service.get_result(job_id, owner=owner)
+
+
+@router.get("/jobs/{job_id}/files")
+def get_file(
+    job_id: str,
+    service: ServiceDep,
+    owner: OwnerDep,
+    kind: Annotated[str, Query(description="summary | freqs | result")] = "summary",
+) -> Response:
+    """``summary`` (text), ``freqs`` (CSV) or ``result`` (JSON); 409 until done."""
+    data = service.get_file(job_id, kind, owner=owner)
+    filename = {"summary": "summary.txt", "freqs": "freqs.csv", "result": "result.json"}[kind]
+    return Response(
+        content=data,
+        media_type=ARTIFACT_MEDIA_TYPES[kind],
+        headers={"Content-Disposition": f'attachment; filename="{job_id}-{filename}"'},
+    )
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobStatus)
+def cancel_job(job_id: str, service: ServiceDep, owner: OwnerDep) -> JobStatus:
+    """Cancel a queued or running job; 409 if it already ended."""
+    job = service.cancel(job_id, owner=owner)
+    return JobStatus.from_job(job, now())
