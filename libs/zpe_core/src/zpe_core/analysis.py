@@ -1,0 +1,310 @@
+"""Displacements and forces -> Hessian -> harmonic frequencies -> ZPE and entropy.
+
+The displacement naming and order, the finite-difference Hessian and the
+diagonalisation are ASE's (``ase.vibrations.Vibrations`` / ``VibrationsData``),
+so a job computed here gives the same frequencies as ASE run on the same
+forces. What is ours: which modes count. For a free molecule the 6 (5 if
+linear) lowest-|frequency| modes are translations and rotations and are
+excluded; every other mode counts, and imaginary ones are reported, never
+silently dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from ase import Atoms, units
+from ase.vibrations.data import VibrationsData
+from ase.vibrations.vibrations import Displacement as _AseDisplacement
+
+# CODATA 2018 (the brief's reference values). ASE's own units are CODATA 2014;
+# its invcm differs from HC_EV_CM by ~1e-8 relative, so cm^-1 come from ASE
+# (identical to ASE's Vibrations) and energies from these constants.
+HC_EV_CM = 1.239841984e-4
+"""h*c in eV*cm: the energy of a 1 cm^-1 quantum."""
+KB_EV_K = 8.617333262e-5
+"""Boltzmann constant in eV/K."""
+R_JMOL_K = 8.314462618
+"""Gas constant in J/(mol*K)."""
+
+_AXES = "xyz"
+
+
+@dataclass(frozen=True)
+class Displacement:
+    """One finite-difference point, named exactly as ASE's ``Vibrations`` names it.
+
+    ``step`` is the signed multiple of ``delta``: +1/-1, and +2/-2 for ``nfree=4``
+    (ASE names those ``"0x++"`` / ``"0x--"``); 0 for the reference ``"eq"``.
+    """
+
+    name: str
+    atom: int | None
+    axis: int | None
+    step: int
+
+
+def _ase_name(atom: int, axis: int, step: int) -> str:
+    # ASE's Displacement namedtuple owns the naming rule; the ``vib`` field is unused for it.
+    return str(_AseDisplacement(atom, axis, int(np.sign(step)), abs(step), None).name)
+
+
+def displacements(indices: Sequence[int], nfree: int) -> list[Displacement]:
+    """The reference point, then ASE's order: per atom, per axis, ``-`` then ``+`` steps."""
+    if nfree not in (2, 4):
+        raise ValueError(f"nfree must be 2 or 4, not {nfree}")
+    _check_indices(indices)
+    out = [Displacement(name="eq", atom=None, axis=None, step=0)]
+    for atom in indices:
+        for axis in range(3):
+            for sign in (-1, 1):
+                for ndisp in range(1, nfree // 2 + 1):
+                    step = sign * ndisp
+                    out.append(
+                        Displacement(
+                            name=_ase_name(int(atom), axis, step),
+                            atom=int(atom),
+                            axis=axis,
+                            step=step,
+                        )
+                    )
+    return out
+
+
+def displaced_positions(
+    positions: npt.ArrayLike, d: Displacement, delta: float
+) -> npt.NDArray[np.float64]:
+    """A copy of ``positions`` (natoms x 3, Å) moved by ``d.step * delta`` along ``d.axis``."""
+    out = np.array(positions, dtype=float, copy=True)
+    if d.atom is None or d.axis is None or d.step == 0:
+        return out
+    # Same float arithmetic as ASE's iterdisplace (pos += ndisp*sign*delta), so
+    # positions - and hence task keys - agree bit for bit.
+    out[d.atom, d.axis] += d.step * delta
+    return out
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One harmonic mode. Imaginary modes carry a negative ``frequency_cm`` (= -|nu|)."""
+
+    index: int
+    frequency_cm: float
+    imaginary: bool
+    counted: bool
+    energy_ev: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "frequency_cm": self.frequency_cm,
+            "imaginary": self.imaginary,
+            "counted": self.counted,
+            "energy_ev": self.energy_ev,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class VibrationResult:
+    """Frequencies, ZPE and vibrational entropy of one set of mobile atoms."""
+
+    modes: list[Mode]
+    zpe_ev: float
+    s_vib_jmol_k: float
+    temperature: float
+    free_molecule: bool
+    linear: bool
+    excluded: int
+    hessian: npt.NDArray[np.float64]  # Cartesian, eV/Å^2, 3n x 3n, as VibrationsData holds it
+
+    @property
+    def n_imaginary(self) -> int:
+        """Imaginary modes among those not excluded as translations/rotations."""
+        excluded = self.excluded_modes()
+        return sum(1 for m in self.modes if m.imaginary and m.index not in excluded)
+
+    def excluded_modes(self) -> set[int]:
+        """Indices of the modes excluded as translations/rotations (lowest |frequency|)."""
+        return _lowest_magnitude(self.modes, self.excluded)
+
+    @property
+    def frequencies_cm(self) -> list[float]:
+        return [m.frequency_cm for m in self.modes]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (the Hessian as nested lists)."""
+        excluded = self.excluded_modes()
+        return {
+            "zpe_ev": self.zpe_ev,
+            "s_vib_jmol_k": self.s_vib_jmol_k,
+            "temperature": self.temperature,
+            "free_molecule": self.free_molecule,
+            "linear": self.linear,
+            "excluded": self.excluded,
+            "n_imaginary": self.n_imaginary,
+            "modes": [m.to_dict() | {"excluded": m.index in excluded} for m in self.modes],
+            "hessian_ev_per_a2": self.hessian.tolist(),
+        }
+
+
+def _lowest_magnitude(modes: Sequence[Mode], count: int) -> set[int]:
+    by_magnitude = sorted(modes, key=lambda m: (abs(m.frequency_cm), m.index))
+    return {m.index for m in by_magnitude[:count]}
+
+
+def zpe_of_frequencies(freqs_cm: Sequence[float]) -> float:
+    """1/2 * sum(h c nu) in eV over the positive wavenumbers (cm^-1); others ignored."""
+    return 0.5 * HC_EV_CM * sum(float(f) for f in freqs_cm if f > 0.0)
+
+
+def entropy_of_frequencies(freqs_cm: Sequence[float], temperature: float) -> float:
+    """Harmonic-oscillator entropy in J/(mol K) of the positive wavenumbers at ``temperature``."""
+    if temperature <= 0.0:
+        raise ValueError("temperature must be positive")
+    total = 0.0
+    for f in freqs_cm:
+        if f <= 0.0:
+            continue
+        x = HC_EV_CM * float(f) / (KB_EV_K * temperature)
+        # Written with exp(-x) so large x underflows to 0 instead of overflowing.
+        emx = math.exp(-x)
+        total += x * emx / -math.expm1(-x) - math.log1p(-emx)
+    return R_JMOL_K * total
+
+
+def is_linear(atoms: Atoms, tol: float = 1e-3) -> bool:
+    """Whether the atoms lie on a line (smallest principal moment ~ 0 relative to the largest)."""
+    if len(atoms) <= 2:
+        return True
+    inertia = atoms.get_moments_of_inertia()
+    moments = np.sort(np.asarray(inertia, dtype=np.float64))
+    return bool(moments[0] <= tol * max(moments[2], 1e-12))
+
+
+def _check_indices(indices: Sequence[int]) -> None:
+    if len(indices) == 0:
+        raise ValueError("at least one mobile atom is needed")
+    if len(set(indices)) != len(indices):
+        raise ValueError("mobile indices contain duplicates")
+
+
+def hessian_from_forces(
+    indices: Sequence[int],
+    delta: float,
+    nfree: int,
+    forces: Mapping[str, npt.ArrayLike],
+    natoms: int,
+) -> npt.NDArray[np.float64]:
+    """The Cartesian Hessian (eV/Å^2) by central differences, as ``Vibrations.read()`` builds it."""
+    _check_indices(indices)
+    if nfree not in (2, 4):
+        raise ValueError(f"nfree must be 2 or 4, not {nfree}")
+    idx = np.asarray(indices, dtype=int)
+
+    def f(atom: int, axis: int, step: int) -> npt.NDArray[np.float64]:
+        name = _ase_name(atom, axis, step)
+        if name not in forces:
+            raise ValueError(f"forces for displacement {name!r} are missing")
+        arr = np.asarray(forces[name], dtype=float)
+        if arr.shape != (natoms, 3):
+            raise ValueError(f"forces for {name!r} have shape {arr.shape}, want ({natoms}, 3)")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"forces for {name!r} are not finite")
+        return arr
+
+    n = 3 * len(idx)
+    hessian = np.empty((n, n))
+    r = 0
+    for atom in idx:
+        for axis in range(3):
+            fminus = f(int(atom), axis, -1)
+            fplus = f(int(atom), axis, 1)
+            if nfree == 2:
+                row = 0.5 * (fminus - fplus)[idx].ravel()
+            else:
+                fmm = f(int(atom), axis, -2)
+                fpp = f(int(atom), axis, 2)
+                # ASE's nfree=4 stencil, kept verbatim so results match ASE.
+                row = (-fmm + 8 * fminus - 8 * fplus + fpp)[idx].ravel() / 12.0
+            hessian[r] = row / (2 * delta)
+            r += 1
+    hessian += hessian.copy().T
+    return hessian
+
+
+def _n_rigid(natoms: int, linear: bool) -> int:
+    if natoms == 1:
+        return 3
+    return 5 if linear else 6
+
+
+def analyze(
+    atoms: Atoms,
+    indices: Sequence[int],
+    delta: float,
+    nfree: int,
+    forces: Mapping[str, npt.ArrayLike],
+    temperature: float,
+    free_molecule: bool,
+) -> VibrationResult:
+    """Frequencies, ZPE and entropy from the forces of every displacement.
+
+    ``atoms`` is the undisplaced structure (its masses are used); ``forces``
+    maps each displacement name (see :func:`displacements`) to natoms x 3
+    forces in eV/Å. ``free_molecule`` means no fixed atoms and every atom
+    mobile: then the rigid-body modes are excluded, else every real mode counts.
+    """
+    if delta <= 0.0:
+        raise ValueError("delta must be positive")
+    if temperature <= 0.0:
+        raise ValueError("temperature must be positive")
+    if free_molecule and sorted(int(i) for i in indices) != list(range(len(atoms))):
+        raise ValueError("a free molecule must have every atom mobile")
+    hessian = hessian_from_forces(indices, delta, nfree, forces, len(atoms))
+    data = VibrationsData.from_2d(atoms, hessian, indices=list(indices))
+    energies = np.asarray(data.get_energies(), dtype=complex)
+
+    signed: list[tuple[float, bool]] = []
+    for e in energies:
+        imaginary = abs(e.imag) > abs(e.real)
+        magnitude_cm = (abs(e.imag) if imaginary else e.real) / units.invcm
+        signed.append((-magnitude_cm if imaginary else float(magnitude_cm), imaginary))
+    order = sorted(range(len(signed)), key=lambda i: signed[i][0])
+    signed = [signed[i] for i in order]
+
+    linear = is_linear(atoms)
+    excluded = min(_n_rigid(len(atoms), linear), len(signed)) if free_molecule else 0
+    raw = [
+        Mode(
+            index=i,
+            frequency_cm=freq,
+            imaginary=imaginary,
+            counted=False,
+            energy_ev=0.0 if imaginary else HC_EV_CM * freq,
+        )
+        for i, (freq, imaginary) in enumerate(signed)
+    ]
+    excluded_set = _lowest_magnitude(raw, excluded)
+    modes = [
+        dataclasses.replace(
+            m, counted=not m.imaginary and m.frequency_cm > 0.0 and m.index not in excluded_set
+        )
+        for m in raw
+    ]
+    counted_freqs = [m.frequency_cm for m in modes if m.counted]
+    return VibrationResult(
+        modes=modes,
+        zpe_ev=zpe_of_frequencies(counted_freqs),
+        s_vib_jmol_k=entropy_of_frequencies(counted_freqs, temperature),
+        temperature=temperature,
+        free_molecule=free_molecule,
+        linear=linear,
+        excluded=excluded,
+        hessian=np.asarray(data.get_hessian_2d(), dtype=float),
+    )

@@ -1,0 +1,37 @@
+"""Engines compute energy and forces for one task; chosen by name at the edge."""
+
+from __future__ import annotations
+
+from zpe_core.engines.base import Engine
+from zpe_core.errors import ConfigurationError
+from zpe_core.settings import Settings
+
+ENGINE_NAMES = ("qe", "mock")
+
+__all__ = ["ENGINE_NAMES", "Engine", "get_engine"]
+
+
+def get_engine(name: str, settings: Settings) -> Engine:
+    """The engine called ``name``, configured from ``settings``.
+
+    Does not check ``settings.engines`` (the allowed list): callers that take
+    the name from users do that and answer with an input error.
+    """
+    if name == "mock":
+        from zpe_core.engines.mock import MockEngine
+
+        return MockEngine()
+    if name == "qe":
+        # Imported here so processes that never run pw.x do not load ASE's calculator stack.
+        from zpe_core.engines.qe import QeEngine
+
+        return QeEngine(
+            pw_command=settings.pw_command,
+            pseudo_dir=settings.pseudo_dir,
+            timeout_seconds=settings.task_timeout_seconds,
+            version=settings.qe_version,
+        )
+    raise ConfigurationError(
+        f"unknown engine {name!r}; known engines: {', '.join(ENGINE_NAMES)}",
+        code="unknown_engine",
+    )
