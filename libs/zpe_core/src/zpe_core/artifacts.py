@@ -31,30 +31,30 @@ def build_result(
     s = job.structure
     return {
         "job_id": job.job_id,
-        "freqs_cm": [m.frequency_cm for m in vib.modes],
+        "freqs_cm": [float(m.frequency_cm) for m in vib.modes],
         "modes": [
             {
-                "index": m.index,
-                "frequency_cm": m.frequency_cm,
-                "imaginary": m.imaginary,
-                "counted": m.counted,
-                "energy_ev": m.energy_ev,
+                "index": int(m.index),
+                "frequency_cm": float(m.frequency_cm),
+                "imaginary": bool(m.imaginary),
+                "counted": bool(m.counted),
+                "energy_ev": float(m.energy_ev),
             }
             for m in vib.modes
         ],
-        "imaginary_freqs_cm": [m.frequency_cm for m in vib.modes if m.imaginary],
-        "counted_modes": [m.index for m in vib.modes if m.counted],
-        "excluded_modes": vib.excluded,
+        "imaginary_freqs_cm": [float(m.frequency_cm) for m in vib.modes if m.imaginary],
+        "counted_modes": [int(m.index) for m in vib.modes if m.counted],
+        "excluded_modes": int(vib.excluded),
         "mode_selection": (
             f"free molecule: the {vib.excluded} lowest modes (translations and rotations"
             f"{', linear' if vib.linear else ''}) are excluded"
             if vib.free_molecule
             else "adsorbate/partial Hessian: every real mode is counted"
         ),
-        "zpe_ev": vib.zpe_ev,
-        "zpe_kjmol": vib.zpe_ev * EV_TO_KJMOL,
-        "s_vib_jmol_k": vib.s_vib_jmol_k,
-        "temperature": vib.temperature,
+        "zpe_ev": float(vib.zpe_ev),
+        "zpe_kjmol": float(vib.zpe_ev) * EV_TO_KJMOL,
+        "s_vib_jmol_k": float(vib.s_vib_jmol_k),
+        "temperature": float(vib.temperature),
         "mobile_indices": s.mobile_indices,
         "fixed_indices": s.fixed_indices,
         "symbols": s.symbols,

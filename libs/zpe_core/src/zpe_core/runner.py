@@ -44,6 +44,15 @@ def compute_task(spec: TaskSpec, settings: Settings, *, task_id: str = "") -> Ta
     Raises ``EngineError``; unexpected exceptions become retryable engine errors.
     """
     engine = get_engine(spec.engine, settings)
+    if engine.version() != spec.engine_version:
+        # The task key promised forces from another version: computing them here would
+        # poison the cache. Another worker (or an upgraded one) can take it.
+        raise EngineError(
+            f"task wants {spec.engine} {spec.engine_version} but this worker has "
+            f"{engine.version()}",
+            retryable=True,
+            code="engine_version_mismatch",
+        )
     workdir = Path(
         tempfile.mkdtemp(prefix=f"zpe-{task_id[:14]}-", dir=settings.scratch_dir or None)
     )

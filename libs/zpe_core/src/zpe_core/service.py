@@ -440,7 +440,8 @@ class JobService:
         except ZpeError as exc:
             self.fail_job(job_id, ErrorInfo.from_exc(exc))
             return
-        except (ValueError, np.linalg.LinAlgError) as exc:
+        except Exception as exc:  # never leave a job running forever on a bug
+            log.exception("finalize failed", extra={"job_id": job_id})
             self.fail_job(
                 job_id,
                 ErrorInfo(
@@ -452,8 +453,8 @@ class JobService:
             return
 
         summary = JobSummary(
-            zpe_ev=vib.zpe_ev,
-            s_vib_jmol_k=vib.s_vib_jmol_k,
+            zpe_ev=float(vib.zpe_ev),
+            s_vib_jmol_k=float(vib.s_vib_jmol_k),
             n_imaginary=sum(1 for m in vib.modes if m.imaginary),
         )
 
@@ -517,8 +518,16 @@ class JobService:
 def _atoms_with_input_masses(job: Job, settings: Settings) -> Atoms:
     """The reference structure with the masses of ATOMIC_SPECIES (isotopes matter)."""
     parsed = parse_qe_input(job.request.input_text, max_bytes=settings.max_input_bytes)
-    atoms = parsed.atoms.copy()
-    masses = [parsed.masses.get(label, 0.0) for label in parsed.labels]
-    if all(m > 0 for m in masses):
-        atoms.set_masses(masses)
+    atoms: Atoms = parsed.atoms.copy()
+    standard = atoms.get_masses()
+    # pw.x ignores masses in an SCF, so inputs often carry placeholders (1.0 for Cu):
+    # take a given mass only where it is a plausible isotope of its element (D, T, 13C...).
+    masses = [
+        given if 0.5 * std <= given <= 3.5 * std else std
+        for given, std in (
+            (parsed.masses.get(label, 0.0), std)
+            for label, std in zip(parsed.labels, standard, strict=True)
+        )
+    ]
+    atoms.set_masses(masses)
     return atoms

@@ -1,0 +1,1 @@
+"""The compute plane: runs displacement tasks with the engines of ``zpe_core``."""

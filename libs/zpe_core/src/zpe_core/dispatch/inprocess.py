@@ -123,7 +123,10 @@ class InProcessDispatcher(JobDispatcher):
                 self._executor = self._new_executor()
                 executor = self._executor
             future = executor.submit(_run_in_worker, task_id)
-        future.add_done_callback(lambda f, task_id=task_id: self._done(task_id, f))
+        def on_done(f: Future[str]) -> None:
+            self._done(task_id, f)
+
+        future.add_done_callback(on_done)
 
     def _run_in_thread(self, task_id: str) -> str:
         from zpe_core.runner import run_task

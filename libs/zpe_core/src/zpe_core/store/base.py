@@ -142,7 +142,7 @@ class JobStore(ABC):
             if updated is None:
                 return current
             if hasattr(updated, "updated_at"):
-                updated.updated_at = now()  # type: ignore[attr-defined]
+                updated.updated_at = now()
             try:
                 rev = self._swap(key, updated.model_dump_json().encode(), current.rev)
             except StoreConflict:
@@ -256,6 +256,7 @@ class JobStore(ABC):
         claimed: list[bool] = []
 
         def change(task: Task) -> Task | None:
+            claimed.clear()  # an earlier try may have lost its compare-and-swap
             t = now()
             if task.state is TaskState.LEASED and task.lease and task.lease.expires_at <= t:
                 _close_attempt(task, "expired")
@@ -329,6 +330,7 @@ class JobStore(ABC):
         committed: list[bool] = []
 
         def change(task: Task) -> Task | None:
+            committed.clear()  # an earlier try may have lost its compare-and-swap
             if task.state is TaskState.DONE and task.lease is None and task.epoch == epoch:
                 return None
             _require_lease(task, epoch)
@@ -419,6 +421,7 @@ class JobStore(ABC):
             def change(
                 task: Task, expired_epoch: int = expired_epoch, moved: list[bool] = moved
             ) -> Task | None:
+                moved.clear()  # an earlier try may have lost its compare-and-swap
                 lease = task.lease
                 if task.state is not TaskState.LEASED or lease is None:
                     return None

@@ -1,0 +1,89 @@
+"""The two user commands for real: ``zpe serve`` in its own process, ``zpe submit --wait``."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+ZPE = [sys.executable, "-m", "zpe_api.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "ZPE_STORE_URL": f"file://{tmp_path / 'store'}",
+        "ZPE_DEFAULT_ENGINE": "mock",
+        "ZPE_INPROCESS_CONCURRENCY": "2",
+    }
+    log = open(tmp_path / "api.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [*ZPE, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, (tmp_path / "api.log").read_text()
+            assert time.monotonic() < deadline, "API did not start"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
+def _zpe(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ZPE, "--api", url, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_submit_wait_prints_zpe_and_result_matches(api: str) -> None:
+    done = _zpe(api, "submit", str(SAMPLES / "h2o_zpe.in"), "--wait")
+    assert done.returncode == 0, done.stderr
+    assert "ZPE = " in done.stdout
+    job_id = done.stdout.split()[2]
+    status = _zpe(api, "status", job_id)
+    assert '"state": "done"' in status.stdout
+    as_json = _zpe(api, "result", job_id, "--json")
+    assert '"zpe_ev"' in as_json.stdout
+    zpe_line = next(line for line in done.stdout.splitlines() if line.startswith("ZPE = "))
+    assert zpe_line == _zpe(api, "result", job_id).stdout.splitlines()[0]
+    # Water is non-linear: 9 modes, 6 excluded, 3 counted.
+    counted = as_json.stdout.count('"counted": true')
+    assert counted == 3
+
+
+def test_submit_of_bad_input_reports_the_error(api: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.in"
+    bad.write_text("&control\n/\n")
+    out = _zpe(api, "submit", str(bad))
+    assert out.returncode == 1
+    assert "missing_namelist" in out.stderr
+
+
+def test_cli_reports_unreachable_api() -> None:
+    out = _zpe("http://127.0.0.1:9", "status", "j00")
+    assert out.returncode == 1
+    assert "cannot reach the API" in out.stderr
