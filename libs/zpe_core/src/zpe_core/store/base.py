@@ -495,6 +495,33 @@ class JobStore(ABC):
             return None
         return self._get_blob(f"artifacts/{job_id}/{name}")
 
+    # ------------------------------------------------------------------ documents
+
+    def create_document(self, key: str, document: M) -> Versioned[M]:
+        """Create a small record under ``meta/<key>`` (never overwrites: ``AlreadyExists``).
+
+        For everything that is not a job or a task: worker servers, token hashes,
+        operations switches, audit entries.
+        """
+        rev = self._create(f"meta/{key}", document.model_dump_json().encode())
+        return Versioned(document, rev)
+
+    def get_document(self, key: str, model: type[M]) -> Versioned[M] | None:
+        return self._get_model(f"meta/{key}", model)
+
+    def mutate_document(
+        self, key: str, model: type[M], change: Callable[[M], M | None]
+    ) -> Versioned[M]:
+        """Compare-and-swap update of a document, retried on conflict."""
+        return self._mutate(f"meta/{key}", model, change)
+
+    def delete_document(self, key: str) -> None:
+        self._delete(f"meta/{key}")
+
+    def list_documents(self, prefix: str) -> list[str]:
+        """Keys (without ``meta/``) of the documents under ``meta/<prefix>``."""
+        return [key[len("meta/") :] for key in self._iter_keys(f"meta/{prefix}")]
+
     def _iter_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
         start: str | None = None
