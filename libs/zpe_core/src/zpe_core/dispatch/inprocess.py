@@ -123,6 +123,7 @@ class InProcessDispatcher(JobDispatcher):
                 self._executor = self._new_executor()
                 executor = self._executor
             future = executor.submit(_run_in_worker, task_id)
+
         def on_done(f: Future[str]) -> None:
             self._done(task_id, f)
 
