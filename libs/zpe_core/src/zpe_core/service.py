@@ -178,6 +178,7 @@ class JobService:
         revived: list[bool] = []
 
         def change(task: Task) -> Task | None:
+            revived.clear()  # a lost compare-and-swap retries this function
             if job_id in task.subscribers and task.state not in (
                 TaskState.FAILED,
                 TaskState.CANCELLED,
@@ -376,6 +377,7 @@ class JobService:
         completed: list[bool] = []
 
         def change(job: Job) -> Job | None:
+            completed.clear()  # a lost compare-and-swap retries this function
             if job.state.terminal or task_id in job.done_task_ids:
                 return None
             job.done_task_ids.append(task_id)
