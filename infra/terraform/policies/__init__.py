@@ -1,0 +1,1 @@
+"""Custom checkov policies for this configuration (loaded with --external-checks-dir)."""
