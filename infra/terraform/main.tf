@@ -38,6 +38,9 @@ locals {
 
   redis_ca_dir = "/etc/zpe/redis-ca"
 
+  # OIDC audience of Cloud Tasks pushes: the API mints tokens for it, the worker verifies it.
+  worker_audience = "https://${var.name_prefix}-worker.${var.project}.zpe.internal"
+
   # gs://bucket/prefix is no secret: plain env. A redis:// URL carries the AUTH string, so with
   # store = "redis" ZPE_STORE_URL comes from Secret Manager instead (secret_env below).
   store_env = local.use_gcs ? { ZPE_STORE_URL = module.job_store.store_url } : {}
@@ -156,6 +159,7 @@ module "worker" {
   service_account_email = google_service_account.worker[0].email
   # roles/run.invoker on this service: the tasks-invoker identity and nobody else.
   invoker_email = google_service_account.invoker[0].email
+  audience      = local.worker_audience
 
   cpu             = var.worker_cpu
   memory          = var.worker_memory
@@ -172,6 +176,9 @@ module "worker" {
     ZPE_ALLOWED_ENGINES    = local.allowed_engines
     ZPE_LEASE_SECONDS      = tostring(var.lease_seconds)
     ZPE_TASKS_MAX_ATTEMPTS = tostring(var.queue_max_attempts)
+    # What the worker app checks in each push's OIDC token (audience, invoker's email).
+    ZPE_WORKER_AUDIENCE     = local.worker_audience
+    ZPE_TASKS_INVOKER_EMAIL = google_service_account.invoker[0].email
   })
   secret_env = local.use_redis ? {
     ZPE_STORE_URL = google_secret_manager_secret.store_url[0].secret_id
@@ -223,7 +230,7 @@ module "api" {
     local.cloud_tasks ? {
       ZPE_TASKS_QUEUE         = module.task_queue[0].id
       ZPE_WORKER_URL          = module.worker[0].uri
-      ZPE_WORKER_AUDIENCE     = module.worker[0].uri
+      ZPE_WORKER_AUDIENCE     = local.worker_audience
       ZPE_TASKS_INVOKER_EMAIL = google_service_account.invoker[0].email
       ZPE_TASKS_MAX_ATTEMPTS  = tostring(var.queue_max_attempts)
     } : {},

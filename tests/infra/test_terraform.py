@@ -358,7 +358,7 @@ def test_api_env_is_wired_from_resources(tf: Config) -> None:
         "ZPE_EXECUTION_MODE=var.execution_mode",
         "ZPE_TASKS_QUEUE=module.task_queue[0].id",
         "ZPE_WORKER_URL=module.worker[0].uri",
-        "ZPE_WORKER_AUDIENCE=module.worker[0].uri",
+        "ZPE_WORKER_AUDIENCE=local.worker_audience",
         "ZPE_TASKS_INVOKER_EMAIL=google_service_account.invoker[0].email",
         "ZPE_TASKS_MAX_ATTEMPTS=tostring(var.queue_max_attempts)",
         "local.store_env",
@@ -376,8 +376,12 @@ def test_worker_env_is_wired_from_resources(tf: Config) -> None:
         "ZPE_EXECUTION_MODE=var.execution_mode",
         'ZPE_PSEUDO_DIR="/usr/share/espresso/pseudo"',
         "ZPE_PW_COMMAND=local.worker_pw_command",
+        # The worker checks each push's OIDC token against the audience the API mints it for.
+        "ZPE_WORKER_AUDIENCE=local.worker_audience",
+        "ZPE_TASKS_INVOKER_EMAIL=google_service_account.invoker[0].email",
     ):
         assert wiring in env, f"module.worker env lacks {wiring}"
+    assert compact(module_arg(tf, "worker", "audience")) == "local.worker_audience"
     assert "ADMIN_TOKEN" not in env + compact(module_arg(tf, "worker", "secret_env"))
 
 

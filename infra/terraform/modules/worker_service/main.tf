@@ -16,6 +16,9 @@ resource "google_cloud_run_v2_service" "this" {
   ingress             = "INGRESS_TRAFFIC_INTERNAL_ONLY"
   deletion_protection = false # stateless; switching execution_mode away from cloud-tasks removes it
   labels              = { component = "worker" }
+  # A fixed audience known before the service exists (its URL is not), so the API and the
+  # worker agree on it without a dependency cycle; Cloud Run accepts tokens minted for it.
+  custom_audiences = [var.audience]
 
   template {
     service_account                  = var.service_account_email

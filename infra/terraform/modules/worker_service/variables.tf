@@ -29,6 +29,11 @@ variable "invoker_email" {
   type        = string
 }
 
+variable "audience" {
+  description = "Custom OIDC audience of push requests (Cloud Run accepts it; the app checks it)."
+  type        = string
+}
+
 variable "cpu" {
   description = "vCPU limit."
   type        = string
