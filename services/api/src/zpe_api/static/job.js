@@ -1,0 +1,309 @@
+/* Job page: poll the status politely (ETag, Retry-After, back-off), then show the result. */
+"use strict";
+
+(function () {
+  const Z = window.ZPE;
+  const { el, svg, fixed, duration, describeError, showError } = Z;
+
+  const jobId = decodeURIComponent(window.location.pathname.split("/").filter(Boolean)[1] || "");
+  const base = `/jobs/${encodeURIComponent(jobId)}`;
+
+  const $ = (id) => document.getElementById(id);
+  const stateBadge = $("state");
+  const stateText = $("state-text");
+  const progressBar = $("progress-bar");
+  const cancelButton = $("cancel-button");
+  const pollNote = $("poll-note");
+  const jobError = $("job-error");
+
+  // Polling: never faster than the server's Retry-After; slower while nothing changes.
+  const MIN_DELAY_MS = 1000;
+  const MAX_QUIET_DELAY_MS = 15000;
+  const MAX_ERROR_DELAY_MS = 60000;
+  let etag = null;
+  let status = null;
+  let fetchedAt = 0; // performance.now() when `status` arrived
+  let quietPolls = 0; // 304s in a row
+  let failures = 0; // failed polls in a row
+  let timer = null;
+  let finished = false;
+  let lastTaskStates = 0;
+
+  $("job-id").textContent = jobId;
+  document.title = `ZPE job ${jobId}`;
+
+  function schedule(ms) {
+    clearTimeout(timer);
+    timer = finished ? null : setTimeout(poll, ms);
+  }
+
+  function quietDelay(retryAfter) {
+    const backoff = Math.min(MAX_QUIET_DELAY_MS, MIN_DELAY_MS * 1.5 ** quietPolls);
+    return Math.max(retryAfter === null ? 0 : retryAfter * 1000, backoff);
+  }
+
+  function errorDelay(retryAfter) {
+    const backoff = Math.min(MAX_ERROR_DELAY_MS, 2000 * 2 ** (failures - 1));
+    const jitter = backoff * 0.2 * Math.random();
+    return Math.max(retryAfter === null ? 0 : retryAfter * 1000, backoff + jitter);
+  }
+
+  async function poll() {
+    timer = null;
+    if (finished) return;
+    const headers = { Accept: "application/json" };
+    if (etag) headers["If-None-Match"] = etag;
+    let response;
+    try {
+      response = await fetch(Z.API + base, { headers, cache: "no-store" });
+    } catch (error) {
+      failures += 1;
+      const wait = errorDelay(null);
+      pollNote.textContent = `Cannot reach the server (${error.message}); trying again in ${duration(wait / 1000)}.`;
+      schedule(wait);
+      return;
+    }
+    const retryAfter = Z.retryAfterSeconds(response.headers.get("Retry-After"));
+    if (response.status === 304) {
+      failures = 0;
+      quietPolls += 1;
+      const wait = quietDelay(retryAfter);
+      pollNote.textContent = `No change; next check in ${duration(wait / 1000)}.`;
+      schedule(wait);
+      return;
+    }
+    if (!response.ok) {
+      const problem = await Z.problemFrom(response);
+      const transient = response.status >= 500 || response.status === 429 || response.status === 408;
+      if (!transient) {
+        finished = true;
+        stateBadge.textContent = "error";
+        stateBadge.className = "badge failed";
+        stateText.textContent = response.status === 404 ? "No such job." : "The job cannot be shown.";
+        showError(jobError, describeError(problem));
+        pollNote.textContent = "";
+        return;
+      }
+      failures += 1;
+      const wait = errorDelay(retryAfter);
+      pollNote.textContent = `${describeError(problem)} — trying again in ${duration(wait / 1000)}.`;
+      schedule(wait);
+      return;
+    }
+    failures = 0;
+    quietPolls = 0;
+    etag = response.headers.get("ETag");
+    status = await response.json();
+    fetchedAt = performance.now();
+    render();
+    if (Z.TERMINAL.includes(status.state)) {
+      finished = true;
+      pollNote.textContent = "";
+      refreshTaskStates(true);
+      onTerminal();
+      return;
+    }
+    refreshTaskStates(false);
+    const wait = quietDelay(retryAfter);
+    pollNote.textContent = `Updates every few seconds (next in ${duration(wait / 1000)}).`;
+    schedule(wait);
+  }
+
+  /** Tasks by state: a costlier call, so at most every 5 s and once at the end. */
+  async function refreshTaskStates(force) {
+    const now = performance.now();
+    if (!force && now - lastTaskStates < 5000) return;
+    lastTaskStates = now;
+    try {
+      const body = await Z.api(`${base}/tasks`);
+      const parts = Object.entries(body.states)
+        .sort((a, b) => b[1] - a[1])
+        .map(([state, count]) => `${count} ${state}`);
+      $("task-states").textContent = parts.join(" · ") || "–";
+    } catch (error) {
+      $("task-states").textContent = `unavailable (${describeError(error)})`;
+    }
+  }
+
+  const STATE_WORDS = {
+    queued: "Waiting for a worker to pick up the first task.",
+    running: "Computing: each task is one SCF calculation.",
+    done: "Finished.",
+    failed: "The job failed.",
+    cancelled: "The job was cancelled.",
+  };
+
+  function render() {
+    const s = status;
+    stateBadge.textContent = s.state;
+    stateBadge.className = `badge ${s.state}`;
+    stateText.textContent = STATE_WORDS[s.state] || s.state;
+    const { done, total, reused } = s.progress;
+    progressBar.max = Math.max(total, 1);
+    progressBar.value = done;
+    $("progress-text").textContent =
+      `${done} / ${total}` + (reused ? ` (${reused} reused from earlier jobs)` : "");
+    $("engine").textContent = s.engine;
+    $("mobile").textContent = `${s.mobile_indices.join(", ")} (of ${s.natoms} atoms)`;
+    $("created").textContent = Z.localTime(s.created_at);
+    cancelButton.hidden = Z.TERMINAL.includes(s.state);
+    if (s.error) {
+      const detail = s.error.detail ? ` ${s.error.detail}` : "";
+      showError(jobError, `${s.error.message}${detail} (code: ${s.error.code}, source: ${s.error.source})`);
+    }
+    tick();
+  }
+
+  /** Elapsed time and the estimate of the time left, advanced between polls. */
+  function tick() {
+    if (!status) return;
+    const s = status;
+    const running = !Z.TERMINAL.includes(s.state) && s.started_at !== null;
+    let elapsed = s.elapsed_seconds;
+    if (running && elapsed !== null) elapsed += (performance.now() - fetchedAt) / 1000;
+    $("elapsed").textContent = elapsed === null ? "not started yet" : duration(elapsed);
+    const { done, total, reused } = s.progress;
+    const computed = done - reused;
+    let eta = "–";
+    if (s.state === "done") eta = "none";
+    else if (running && computed > 0 && elapsed) eta = `about ${duration((elapsed / computed) * (total - done))}`;
+    else if (!Z.TERMINAL.includes(s.state)) eta = "estimating…";
+    $("eta").textContent = eta;
+  }
+
+  async function onTerminal() {
+    if (status.state !== "done") return;
+    try {
+      renderResult(await Z.api(`${base}/result`));
+    } catch (error) {
+      showError(jobError, `The result could not be loaded: ${describeError(error)}`);
+    }
+  }
+
+  function renderResult(r) {
+    $("zpe-ev").textContent = fixed(r.zpe_ev, 6);
+    $("zpe-ev").dataset.value = String(r.zpe_ev);
+    $("zpe-kjmol").textContent = fixed(r.zpe_kjmol ?? r.zpe_ev * Z.EV_TO_KJMOL, 3);
+    $("s-vib").textContent = fixed(r.s_vib_jmol_k, 4);
+    $("temperature").textContent = String(r.temperature);
+    $("mode-selection").textContent = `Mode selection: ${r.mode_selection}.`;
+    const rigid = rigidModes(r);
+    const imaginary = r.modes.filter((m) => m.imaginary && !rigid.has(m.index));
+    if (imaginary.length) {
+      $("imaginary-note").hidden = false;
+      $("imaginary-note").textContent =
+        `${imaginary.length} imaginary mode${imaginary.length === 1 ? "" : "s"} ` +
+        `(${imaginary.map(Z.wavenumber).join(", ")} cm⁻¹), not counted in the ZPE: ` +
+        "the structure may not be at a minimum (relax it, or check δ).";
+    }
+    $("modes-table").querySelector("tbody").replaceChildren(
+      ...r.modes.map((m) => {
+        const isRigid = rigid.has(m.index);
+        const rigidWords = m.imaginary ? "excluded: translation/rotation (imaginary)" : "excluded: translation/rotation";
+        const note = isRigid
+          ? el("span", { class: "flag excluded" }, rigidWords)
+          : m.imaginary
+            ? el("span", { class: "flag imaginary" }, "imaginary — not counted")
+            : m.counted
+              ? el("span", { class: "flag counted" }, "✓ counted")
+              : el("span", { class: "flag excluded" }, "not counted");
+        const kind = isRigid ? "excluded" : m.imaginary ? "imaginary" : m.counted ? "counted" : "excluded";
+        return el(
+          "tr",
+          { class: `mode ${kind}`, "data-imaginary": String(m.imaginary), "data-counted": String(m.counted) },
+          el("td", {}, String(m.index)),
+          el("td", { class: "num" }, Z.wavenumber(m)),
+          el("td", { class: "num" }, fixed(m.energy_ev * 1000, 3)),
+          el("td", {}, note)
+        );
+      })
+    );
+    drawSpectrum(r.modes, rigid);
+    const files = `${Z.API}${base}/files?kind=`;
+    $("download-summary").href = `${files}summary`;
+    $("download-csv").href = `${files}freqs`;
+    $("download-json").href = `${files}result`;
+    $("result").hidden = false;
+  }
+
+  /** Modes excluded as translations/rotations: the result says so, or the lowest |ν| ones. */
+  function rigidModes(r) {
+    if (r.modes.every((m) => typeof m.excluded === "boolean")) {
+      return new Set(r.modes.filter((m) => m.excluded).map((m) => m.index));
+    }
+    const byMagnitude = [...r.modes].sort(
+      (a, b) => Math.abs(a.frequency_cm) - Math.abs(b.frequency_cm) || a.index - b.index
+    );
+    return new Set(byMagnitude.slice(0, r.excluded_modes || 0).map((m) => m.index));
+  }
+
+  function niceStep(span) {
+    const raw = span / 6;
+    const power = 10 ** Math.floor(Math.log10(raw));
+    const unit = [1, 2, 5, 10].find((m) => m * power >= raw) || 10;
+    return unit * power;
+  }
+
+  /** A stick spectrum: one line per mode, drawn by hand in SVG. */
+  function drawSpectrum(modes, rigid) {
+    const plot = $("spectrum");
+    const W = 720;
+    const H = 230;
+    const left = 20;
+    const right = 20;
+    const top = 16;
+    const baseline = 180;
+    const real = modes.filter((m) => !m.imaginary);
+    const imag = modes.filter((m) => m.imaginary);
+    const maxReal = Math.max(100, ...real.map((m) => m.frequency_cm));
+    const maxImag = imag.length ? Math.max(...imag.map((m) => Math.abs(m.frequency_cm))) : 0;
+    const step = niceStep(maxReal + maxImag);
+    const xmax = Math.ceil((maxReal * 1.04) / step) * step;
+    const xmin = imag.length ? -Math.max(maxImag * 1.04, xmax * 0.03) : 0;
+    const x = (nu) => left + ((nu - xmin) / (xmax - xmin)) * (W - left - right);
+    const parts = [svg("line", { class: "axis", x1: left, x2: W - right, y1: baseline, y2: baseline })];
+    for (let t = Math.ceil(xmin / step) * step; t <= xmax + 1e-9; t += step) {
+      parts.push(svg("line", { class: "tick", x1: x(t), x2: x(t), y1: baseline, y2: baseline + 5 }));
+      parts.push(svg("text", { class: "tick-label", x: x(t), y: baseline + 18, "text-anchor": "middle", text: String(Math.round(t)) }));
+    }
+    parts.push(svg("text", { class: "axis-title", x: W / 2, y: H - 6, "text-anchor": "middle", text: "wavenumber (cm⁻¹)" }));
+    const tall = top;
+    const short = top + (baseline - top) / 2;
+    for (const m of real) {
+      const cls = m.counted ? "stick counted" : "stick excluded";
+      parts.push(
+        svg("line", { class: cls, x1: x(m.frequency_cm), x2: x(m.frequency_cm), y1: baseline, y2: m.counted ? tall : short },
+          svg("title", { text: `mode ${m.index}: ${Z.wavenumber(m)} cm⁻¹ (${m.counted ? "counted" : "excluded"})` }))
+      );
+    }
+    for (const m of imag) {
+      const pos = -Math.abs(m.frequency_cm);
+      parts.push(
+        svg("line", { class: rigid.has(m.index) ? "imag-stick excluded" : "imag-stick", x1: x(pos), x2: x(pos), y1: baseline, y2: short },
+          svg("title", { text: `mode ${m.index}: ${Z.wavenumber(m)} cm⁻¹ (imaginary, not counted)` }))
+      );
+    }
+    plot.setAttribute("viewBox", `0 0 ${W} ${H}`);
+    plot.replaceChildren(...parts);
+  }
+
+  cancelButton.addEventListener("click", async () => {
+    cancelButton.disabled = true;
+    try {
+      await Z.api(`${base}/cancel`, { method: "POST" });
+      showError(jobError, "");
+    } catch (error) {
+      showError(jobError, `Could not cancel: ${describeError(error)}`);
+    } finally {
+      cancelButton.disabled = false;
+    }
+    etag = null;
+    schedule(0);
+  });
+
+  setInterval(() => {
+    if (!finished) tick();
+  }, 1000);
+
+  poll();
+})();

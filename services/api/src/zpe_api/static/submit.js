@@ -1,0 +1,286 @@
+/* Submit page: parse the input as it is typed, show the structure, pick mobile atoms, submit. */
+"use strict";
+
+(function () {
+  const { api, describeError, el, showError, fixed } = window.ZPE;
+
+  const form = document.getElementById("submit-form");
+  const textarea = document.getElementById("input-text");
+  const fileInput = document.getElementById("input-file");
+  const parseStatus = document.getElementById("parse-status");
+  const parseError = document.getElementById("parse-error");
+  const structure = document.getElementById("structure");
+  const facts = document.getElementById("structure-facts");
+  const warnings = document.getElementById("warnings");
+  const atomsBody = document.querySelector("#atoms-table tbody");
+  const mobileSummary = document.getElementById("mobile-summary");
+  const deltaInput = document.getElementById("delta");
+  const temperatureInput = document.getElementById("temperature");
+  const nfreeSelect = document.getElementById("nfree");
+  const engineSelect = document.getElementById("engine");
+  const engineNote = document.getElementById("engine-note");
+  const submitButton = document.getElementById("submit-button");
+  const submitHint = document.getElementById("submit-hint");
+  const submitError = document.getElementById("submit-error");
+
+  let config = null;
+  let preview = null; // the last successful parse
+  let parsedText = null; // the text it was made from
+  let parseSeq = 0;
+  let parseTimer = null;
+  let submitting = false;
+  let lastAttempt = { body: null, key: null }; // same body -> same Idempotency-Key
+
+  // ---------------------------------------------------------------- configuration
+
+  async function loadConfig() {
+    try {
+      config = await api("/config");
+    } catch (error) {
+      showError(submitError, `Could not load the server's options: ${describeError(error)}`);
+      return;
+    }
+    deltaInput.value = String(config.defaults.delta);
+    temperatureInput.value = String(config.defaults.temperature);
+    nfreeSelect.value = String(config.defaults.nfree);
+    engineSelect.replaceChildren(
+      ...config.engines.map((name) =>
+        el("option", { value: name, selected: name === config.default_engine }, engineLabel(name))
+      )
+    );
+    engineSelect.disabled = config.engines.length < 2;
+    engineNote.textContent =
+      config.engines.length < 2
+        ? `This server computes with the ${config.default_engine} engine only.`
+        : "qe runs pw.x; mock is an analytic test potential that answers in milliseconds.";
+    updateSummary();
+  }
+
+  function engineLabel(name) {
+    return { qe: "qe (Quantum ESPRESSO pw.x)", mock: "mock (analytic test potential)" }[name] || name;
+  }
+
+  // ---------------------------------------------------------------- parsing
+
+  function scheduleParse(delay) {
+    clearTimeout(parseTimer);
+    parseTimer = setTimeout(parseNow, delay);
+  }
+
+  /** Parse the current text; resolves to true when it is valid. */
+  async function parseNow() {
+    clearTimeout(parseTimer);
+    const text = textarea.value;
+    const seq = ++parseSeq;
+    if (!text.trim()) {
+      preview = null;
+      parsedText = null;
+      structure.hidden = true;
+      showError(parseError, "");
+      parseStatus.textContent = "";
+      updateSummary();
+      return false;
+    }
+    parseStatus.textContent = "Reading the input…";
+    try {
+      const result = await api("/parse", { method: "POST", json: { input_text: text } });
+      if (seq !== parseSeq) return textarea.value === parsedText && preview !== null;
+      preview = result;
+      parsedText = text;
+      showError(parseError, "");
+      parseStatus.textContent = `Read ${result.natoms} atom${result.natoms === 1 ? "" : "s"} (${result.formula}).`;
+      renderStructure(result);
+      return true;
+    } catch (error) {
+      if (seq !== parseSeq) return false;
+      preview = null;
+      parsedText = null;
+      structure.hidden = true;
+      parseStatus.textContent = "";
+      showError(parseError, `The input cannot be used: ${describeError(error)}`);
+      return false;
+    } finally {
+      if (seq === parseSeq) updateSummary();
+    }
+  }
+
+  function renderStructure(p) {
+    const cell = p.cell.map((row) => row.map((x) => fixed(x, 4)).join("  ")).join("\n");
+    const kpoints =
+      p.kpoints.mode === "gamma"
+        ? "Γ point only"
+        : `automatic ${p.kpoints.grid.join(" × ")}, shift ${p.kpoints.shift.join(" ")}`;
+    const species = p.species
+      .map((s) => `${s.label} (mass ${s.mass}, ${s.pseudopotential})`)
+      .join("; ");
+    const cutoffs =
+      p.ecutwfc === null ? "–" : `${p.ecutwfc} Ry` + (p.ecutrho === null ? "" : ` / ${p.ecutrho} Ry`);
+    const rows = [
+      ["Formula", p.formula],
+      ["Atoms", String(p.natoms)],
+      ["Cell (Å)", el("pre", { class: "cell", text: cell })],
+      ["k-points", kpoints],
+      ["Species", species],
+      ["ecutwfc / ecutrho", cutoffs],
+    ];
+    facts.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+    warnings.replaceChildren(...p.warnings.map((w) => el("li", {}, w)));
+
+    atomsBody.replaceChildren(
+      ...p.atoms.map((atom) => {
+        const box = el("input", {
+          type: "checkbox",
+          class: "mobile",
+          "data-index": String(atom.index),
+          "aria-label": `atom ${atom.index} (${atom.label}) is mobile`,
+          checked: atom.mobile_default,
+          disabled: atom.fixed,
+          title: atom.fixed ? "fixed in the input (if_pos 0 0 0): cannot be displaced" : null,
+        });
+        box.addEventListener("change", updateSummary);
+        const fixedText = atom.fixed ? "fixed" : atom.partially_fixed ? "partly fixed" : "";
+        return el(
+          "tr",
+          { class: atom.fixed ? "atom fixed" : "atom", "data-index": String(atom.index) },
+          el("td", {}, String(atom.index)),
+          el("td", {}, box),
+          el("td", {}, atom.label === atom.element ? atom.label : `${atom.label} (${atom.element})`),
+          ...atom.position.map((x) => el("td", { class: "num" }, fixed(x, 5))),
+          el("td", { class: "fixed-flag" }, fixedText)
+        );
+      })
+    );
+    structure.hidden = false;
+  }
+
+  function selectedMobile() {
+    return Array.from(atomsBody.querySelectorAll("input.mobile:checked"), (box) =>
+      Number(box.dataset.index)
+    );
+  }
+
+  /** Count the selection, show how many SCF tasks it costs and whether it can be submitted. */
+  function updateSummary() {
+    const problem = formProblem();
+    submitButton.disabled = submitting || problem !== null;
+    if (!preview) {
+      mobileSummary.textContent = "";
+      submitHint.textContent = problem || "";
+      return;
+    }
+    const mobile = selectedMobile();
+    const nfree = Number(nfreeSelect.value);
+    const tasks = mobile.length ? 1 + 3 * nfree * mobile.length : 0;
+    const free = mobile.length === preview.natoms && preview.atoms.every((a) => !a.fixed && !a.partially_fixed);
+    mobileSummary.textContent =
+      `${mobile.length} mobile atom${mobile.length === 1 ? "" : "s"} → ${tasks} SCF calculations. ` +
+      (free
+        ? "Free molecule: the translations and rotations are left out of the ZPE."
+        : "Every real mode of the mobile atoms counts in the ZPE.");
+    submitHint.textContent = problem || "";
+  }
+
+  /** Why the form cannot be submitted now, or null. */
+  function formProblem() {
+    if (!textarea.value.trim()) return "Paste an input to begin.";
+    if (!preview) return "Fix the input first (see the message above).";
+    const mobile = selectedMobile();
+    if (mobile.length === 0) return "Choose at least one mobile atom.";
+    const max = config ? config.limits.max_mobile_atoms : Infinity;
+    if (mobile.length > max) return `At most ${max} atoms can be mobile; ${mobile.length} are selected.`;
+    const delta = Number(deltaInput.value);
+    const dl = config ? config.limits.delta : { gt: 0, le: 0.1 };
+    if (!deltaInput.value || !(delta > dl.gt && delta <= dl.le)) {
+      return `The displacement δ must be more than ${dl.gt} Å and at most ${dl.le} Å.`;
+    }
+    const t = Number(temperatureInput.value);
+    const tl = config ? config.limits.temperature : { gt: 0, le: 5000 };
+    if (!temperatureInput.value || !(t > tl.gt && t <= tl.le)) {
+      return `The temperature must be more than ${tl.gt} K and at most ${tl.le} K.`;
+    }
+    return null;
+  }
+
+  // ---------------------------------------------------------------- submission
+
+  async function submit(event) {
+    event.preventDefault();
+    if (submitting) return;
+    showError(submitError, "");
+    // The text may have changed since the last parse: read it again before anything is sent.
+    if (!preview || textarea.value !== parsedText) {
+      const ok = await parseNow();
+      if (!ok) {
+        showError(submitError, "Nothing was submitted: the input has a problem (see above).");
+        return;
+      }
+    }
+    const problem = formProblem();
+    if (problem) {
+      showError(submitError, `Nothing was submitted: ${problem}`);
+      return;
+    }
+    const body = {
+      input_text: parsedText,
+      mobile: selectedMobile(),
+      delta: Number(deltaInput.value),
+      temperature: Number(temperatureInput.value),
+      nfree: Number(nfreeSelect.value),
+    };
+    if (engineSelect.value) body.engine = engineSelect.value;
+    const bodyKey = JSON.stringify(body);
+    if (lastAttempt.body !== bodyKey) lastAttempt = { body: bodyKey, key: window.ZPE.randomKey() };
+
+    submitting = true;
+    submitButton.disabled = true;
+    submitButton.textContent = "Submitting…";
+    try {
+      const created = await api("/jobs", {
+        method: "POST",
+        json: body,
+        headers: { "Idempotency-Key": lastAttempt.key },
+      });
+      window.location.assign(`/jobs/${encodeURIComponent(created.job_id)}`);
+    } catch (error) {
+      showError(submitError, `The job was not created: ${describeError(error)}`);
+      submitting = false;
+      submitButton.textContent = "Start calculation";
+      updateSummary();
+    }
+  }
+
+  // ---------------------------------------------------------------- wiring
+
+  textarea.addEventListener("input", () => {
+    preview = null;
+    updateSummary();
+    scheduleParse(300);
+  });
+  fileInput.addEventListener("change", async () => {
+    const file = fileInput.files && fileInput.files[0];
+    if (!file) return;
+    const limit = config ? config.limits.max_input_bytes : Infinity;
+    if (file.size > limit) {
+      showError(parseError, `${file.name} is ${file.size} bytes; inputs are limited to ${limit} bytes.`);
+      return;
+    }
+    textarea.value = await file.text();
+    parseNow();
+  });
+  document.getElementById("select-default").addEventListener("click", () => {
+    for (const box of atomsBody.querySelectorAll("input.mobile")) box.checked = !box.disabled;
+    updateSummary();
+  });
+  document.getElementById("select-none").addEventListener("click", () => {
+    for (const box of atomsBody.querySelectorAll("input.mobile")) box.checked = false;
+    updateSummary();
+  });
+  for (const input of [deltaInput, temperatureInput, nfreeSelect, engineSelect]) {
+    input.addEventListener("input", updateSummary);
+    input.addEventListener("change", updateSummary);
+  }
+  form.addEventListener("submit", submit);
+
+  loadConfig();
+  if (textarea.value.trim()) parseNow(); // text kept by the browser on "back"
+})();
