@@ -29,6 +29,16 @@ ensure_debian_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# The Cloud Tasks emulator (gcloud-tasks-emulator) pins protobuf<5, so it gets a virtualenv
+# of its own under .cache/ (the tests' fixture does the same when it is missing).
+ensure_tasks_emulator() {
+  local venv="${ZPE_TASKS_EMULATOR_VENV:-.cache/tasks-emulator-venv}"
+  [ -x "$venv/bin/gcloud-tasks-emulator" ] && return 0
+  echo "==> installing gcloud-tasks-emulator into $venv"
+  uv venv --quiet --allow-existing "$venv"
+  uv pip install --quiet --python "$venv/bin/python" gcloud-tasks-emulator
+}
+
 # pw.x from Debian is an MPI build; Open MPI refuses to start as root unless told.
 if [ "$(id -u)" -eq 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1

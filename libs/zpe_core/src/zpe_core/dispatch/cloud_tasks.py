@@ -1,0 +1,346 @@
+"""``cloud-tasks``: one Google Cloud Tasks HTTP push task per unit of work.
+
+Each task POSTs ``{"task_id": ...}`` to the worker service's
+``/internal/tasks/run`` with an OIDC token of the invoker service account
+(or, for the emulator and local runs, the shared-secret header). Task names
+are deterministic, ``<task_id>-<attempts>-<epoch>``: a re-dispatch of the
+same queued task (a second job wanting it, a restart, a reconciler round) is
+de-duplicated by Cloud Tasks (``AlreadyExists`` counts as success), while a
+task re-queued after a failed or expired attempt gets a new name.
+
+Transient API errors are retried with exponential backoff and jitter; after
+that ``DispatchError`` is raised and ``JobService`` fails the jobs with the
+reason. A reconciler thread finds tasks left queued longer than
+``ZPE_REDISPATCH_AFTER_SECONDS`` that have no Cloud Task any more (exhausted
+retries that never reached the worker, a dispatch lost in a crash) and
+re-dispatches them, counting an attempt, so that nothing waits forever.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from zpe_core.dispatch.base import DispatchError, JobDispatcher
+from zpe_core.errors import ConfigurationError, ErrorSource
+from zpe_core.logs import REQUEST_ID_HEADER, current_request_id
+from zpe_core.models import ErrorInfo, Task, TaskState, now
+from zpe_core.settings import Settings
+
+if TYPE_CHECKING:
+    from zpe_core.service import JobService
+
+log = logging.getLogger("zpe.dispatch.cloud_tasks")
+
+RUN_PATH = "/internal/tasks/run"
+SECRET_HEADER = "X-ZPE-Push-Secret"
+_QUEUE_RE = re.compile(r"^projects/[^/]+/locations/[^/]+/queues/[A-Za-z0-9-]+$")
+_MAX_DISPATCH_DEADLINE = 1800.0  # Cloud Tasks' limit for HTTP targets
+
+
+def validate_settings(settings: Settings) -> None:
+    """Refuse to start in cloud-tasks mode without what it needs; name the missing setting."""
+    missing: list[str] = []
+    if not settings.tasks_queue:
+        missing.append("ZPE_TASKS_QUEUE (projects/P/locations/L/queues/Q)")
+    if not settings.worker_url:
+        missing.append("ZPE_WORKER_URL (the worker service's base URL)")
+    if settings.tasks_emulator_host is None:
+        # Real Cloud Tasks: push requests carry an OIDC token the worker verifies.
+        if not settings.worker_audience:
+            missing.append("ZPE_WORKER_AUDIENCE (the OIDC audience the worker expects)")
+        if not settings.tasks_invoker_email:
+            missing.append("ZPE_TASKS_INVOKER_EMAIL (the service account that invokes the worker)")
+    elif settings.push_shared_secret is None and not settings.tasks_invoker_email:
+        missing.append("ZPE_PUSH_SHARED_SECRET (the emulator sends no OIDC token)")
+    if missing:
+        raise ConfigurationError(
+            "ZPE_EXECUTION_MODE=cloud-tasks needs " + "; ".join(missing),
+            code="missing_setting",
+        )
+    assert settings.tasks_queue is not None and settings.worker_url is not None
+    if not _QUEUE_RE.match(settings.tasks_queue):
+        raise ConfigurationError(
+            f"ZPE_TASKS_QUEUE={settings.tasks_queue!r} is not a queue path "
+            "(projects/P/locations/L/queues/Q)",
+            code="invalid_setting",
+        )
+    if not settings.worker_url.startswith(("https://", "http://")):
+        raise ConfigurationError(
+            f"ZPE_WORKER_URL={settings.worker_url!r} must be an http(s) URL",
+            code="invalid_setting",
+        )
+
+
+def build_client(settings: Settings) -> Any:
+    """A ``CloudTasksClient``: insecure gRPC to the emulator, else default credentials."""
+    from google.cloud import tasks_v2
+
+    if settings.tasks_emulator_host:
+        import grpc  # type: ignore[import-untyped]
+        from google.cloud.tasks_v2.services.cloud_tasks.transports import (
+            CloudTasksGrpcTransport,
+        )
+
+        channel = grpc.insecure_channel(settings.tasks_emulator_host)
+        return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
+    return tasks_v2.CloudTasksClient()
+
+
+def task_name(task: Task) -> str:
+    """The Cloud Tasks task id of one dispatch of ``task``: same state, same name."""
+    return f"{task.task_id}-{task.attempts}-{task.epoch}"
+
+
+def task_id_of(cloud_task_name: str) -> str:
+    """The store task id in a Cloud Tasks task name (inverse of :func:`task_name`)."""
+    return cloud_task_name.rsplit("/", 1)[-1].rsplit("-", 2)[0]
+
+
+def _is_transient(exc: Exception) -> bool:
+    from google.api_core import exceptions as gexc
+    from google.auth import exceptions as auth_exc
+
+    return isinstance(
+        exc,
+        gexc.ServiceUnavailable
+        | gexc.DeadlineExceeded
+        | gexc.InternalServerError
+        | gexc.TooManyRequests
+        | gexc.Aborted
+        | gexc.Unknown
+        | gexc.RetryError
+        | auth_exc.TransportError
+        | ConnectionError
+        | TimeoutError,
+    )
+
+
+class CloudTasksDispatcher(JobDispatcher):
+    """Enqueues one HTTP push task per task; reconciles tasks that lost theirs."""
+
+    name = "cloud-tasks"
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        service: JobService | None = None,
+        client: Any = None,
+        attempts: int = 4,
+        backoff_seconds: float = 0.25,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        validate_settings(settings)
+        assert settings.tasks_queue is not None and settings.worker_url is not None
+        self.settings = settings
+        self.queue = settings.tasks_queue
+        self.url = settings.worker_url.rstrip("/") + RUN_PATH
+        self._service = service
+        self._client = client if client is not None else build_client(settings)
+        self._attempts = attempts
+        self._backoff = backoff_seconds
+        self._sleep = sleep
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._service is None or self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="zpe-reconciler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    # ------------------------------------------------------------------ dispatch
+
+    def build_request(self, task: Task) -> dict[str, Any]:
+        """The ``CreateTask`` request for one dispatch of ``task``."""
+        from google.cloud import tasks_v2
+
+        headers = {"Content-Type": "application/json"}
+        if self.settings.push_shared_secret is not None:
+            headers[SECRET_HEADER] = self.settings.push_shared_secret.get_secret_value()
+        request_id = current_request_id()
+        if request_id:  # the submitting request, for the worker's logs
+            headers[REQUEST_ID_HEADER] = request_id
+        http_request: dict[str, Any] = {
+            "http_method": tasks_v2.HttpMethod.POST,
+            "url": self.url,
+            "headers": headers,
+            "body": json.dumps({"task_id": task.task_id}).encode(),
+        }
+        if self.settings.tasks_invoker_email:
+            http_request["oidc_token"] = {
+                "service_account_email": self.settings.tasks_invoker_email,
+                "audience": self.settings.worker_audience or self.settings.worker_url,
+            }
+        deadline = min(_MAX_DISPATCH_DEADLINE, max(15.0, self.settings.task_timeout_seconds + 60))
+        cloud_task: dict[str, Any] = {
+            "name": f"{self.queue}/tasks/{task_name(task)}",
+            "http_request": http_request,
+            "dispatch_deadline": timedelta(seconds=deadline),
+        }
+        if task.ready_at > now():
+            cloud_task["schedule_time"] = datetime.fromtimestamp(task.ready_at, tz=UTC)
+        return {"parent": self.queue, "task": cloud_task}
+
+    def dispatch(self, tasks: Sequence[Task]) -> None:
+        if not tasks:
+            return
+        if len(tasks) == 1:
+            self._create(tasks[0])
+            return
+        with ThreadPoolExecutor(max_workers=min(8, len(tasks))) as pool:
+            errors = [exc for exc in pool.map(self._create_or_error, tasks) if exc is not None]
+        if errors:
+            raise DispatchError(
+                f"{len(errors)} of {len(tasks)} task(s) could not be enqueued: {errors[0].message}",
+                detail=errors[0].detail,
+            )
+
+    def _create_or_error(self, task: Task) -> DispatchError | None:
+        try:
+            self._create(task)
+        except DispatchError as exc:
+            return exc
+        return None
+
+    def _create(self, task: Task) -> None:
+        from google.api_core import exceptions as gexc
+
+        request = self.build_request(task)
+        extra = {"task_id": task.task_id, "cloud_task": task_name(task)}
+        for attempt in range(1, self._attempts + 1):
+            try:
+                self._client.create_task(request=request, timeout=10.0)
+                log.info("task enqueued", extra=extra)
+                return
+            except gexc.AlreadyExists:
+                log.info("task already enqueued (de-duplicated by name)", extra=extra)
+                return
+            except Exception as exc:
+                if not _is_transient(exc):
+                    raise DispatchError(
+                        f"Cloud Tasks refused the task: {type(exc).__name__}: {exc}",
+                        detail=f"queue {self.queue}",
+                    ) from exc
+                if attempt == self._attempts:
+                    raise DispatchError(
+                        f"Cloud Tasks unavailable after {attempt} attempts: "
+                        f"{type(exc).__name__}: {exc}",
+                        detail=f"queue {self.queue}",
+                    ) from exc
+                delay = self._backoff * 2 ** (attempt - 1)
+                log.warning(
+                    "enqueue failed; retrying",
+                    extra={**extra, "attempt": attempt, "error": type(exc).__name__},
+                )
+                self._sleep(random.uniform(delay / 2, delay))
+
+    # ------------------------------------------------------------------ reconciler
+
+    def _loop(self) -> None:
+        interval = min(60.0, max(1.0, self.settings.redispatch_after_seconds / 2))
+        while not self._stop.wait(interval):
+            try:
+                count = self.reconcile()
+                if count:
+                    log.info("reconciler re-dispatched tasks", extra={"count": count})
+            except Exception:
+                log.exception("reconciler round failed")
+
+    def enqueued_task_ids(self) -> set[str]:
+        """Store task ids that have a Cloud Task in the queue right now."""
+        pager = self._client.list_tasks(request={"parent": self.queue, "page_size": 1000})
+        return {task_id_of(cloud_task.name) for cloud_task in pager}
+
+    def reconcile(self, at: float | None = None) -> int:
+        """Re-dispatch queued tasks whose Cloud Task is gone; returns how many.
+
+        A task is a candidate when it has been due, and unchanged, for
+        ``redispatch_after_seconds`` (before the time ``at``, default now).
+        If the queue still holds a Cloud Task for it, it is only waiting (a backlog)
+        and is left alone. Otherwise its delivery was lost: that counts an attempt
+        (so the new dispatch has a new name, and a task nobody can ever deliver ends
+        as a dead letter with the reason instead of waiting forever).
+        """
+        service = self._service
+        if service is None:
+            return 0
+        store, policy = service.store, self.settings.retry_policy
+        deadline = (now() if at is None else at) - self.settings.redispatch_after_seconds
+        stale: list[Task] = []
+        for task in store.queued_before(deadline):
+            if task.updated_at >= deadline:
+                continue  # queued, subscribed or dispatched again recently
+            if service.has_active_subscriber(task):
+                stale.append(task)
+            else:
+                service.abandon_if_unwanted(task.task_id)
+        if not stale:
+            return 0
+        present = self.enqueued_task_ids()
+        waited = self.settings.redispatch_after_seconds
+        redispatch: list[Task] = []
+        for seen in stale:
+            if seen.task_id in present:
+                continue
+
+            moved: list[bool] = []
+
+            def change(task: Task, seen: Task = seen, moved: list[bool] = moved) -> Task | None:
+                moved.clear()  # a lost compare-and-swap retries this function
+                if (
+                    task.state is not TaskState.QUEUED
+                    or task.epoch != seen.epoch
+                    or task.attempts != seen.attempts
+                ):
+                    return None  # a worker or another reconciler moved it meanwhile
+                task.attempts += 1
+                task.error = ErrorInfo(
+                    code="delivery_lost",
+                    message=f"no worker ran the task within {waited:.0f} s of it being due "
+                    "and the queue no longer holds it (check the worker URL, its "
+                    "authentication and the queue)",
+                    source=ErrorSource.DISPATCH,
+                    retryable=True,
+                )
+                if task.attempts < policy.retry_max:
+                    task.ready_at = now()
+                else:
+                    task.state = TaskState.FAILED
+                    task.dead_letter = True
+                moved.append(True)
+                return task
+
+            task = store.mutate_task(seen.task_id, change).value
+            if not moved:
+                continue
+            log.warning(
+                "task delivery lost", extra={"task_id": task.task_id, "state": task.state.value}
+            )
+            if task.state is TaskState.QUEUED:
+                store.mark_ready(task.task_id, task.ready_at)
+                redispatch.append(task)
+            else:
+                service.task_failed(task)
+        if redispatch:
+            # Through the service: a DispatchError there fails the jobs with the reason.
+            service._dispatch(redispatch)
+        return len(redispatch)

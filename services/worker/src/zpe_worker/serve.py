@@ -1,0 +1,44 @@
+"""``zpe-worker serve``: the push endpoint under uvicorn, with a draining shutdown.
+
+On SIGTERM (Cloud Run scales in or redeploys) the app is marked draining
+first, so any request that still arrives is answered 503 and nothing new
+starts; uvicorn then stops listening and waits up to
+``ZPE_WORKER_SHUTDOWN_GRACE_SECONDS`` for running tasks, and the app's
+shutdown releases the leases of those that did not finish.
+"""
+
+from __future__ import annotations
+
+import threading
+from types import FrameType
+
+import uvicorn
+
+from zpe_core.settings import Settings
+from zpe_worker.app import create_app
+
+
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server that flags the app as draining as soon as a signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, draining: threading.Event) -> None:
+        super().__init__(config)
+        self._draining = draining
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._draining.set()
+        super().handle_exit(sig, frame)
+
+
+def serve(host: str, port: int, settings: Settings | None = None) -> None:
+    """Run the worker app until SIGTERM/SIGINT."""
+    settings = settings or Settings()
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.worker_shutdown_grace_seconds),
+    )
+    DrainingServer(config, app.state.draining).run()
