@@ -1,0 +1,240 @@
+"""Request and response bodies of the worker API and the admin API (http-pull mode)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
+
+from zpe_core.compute_servers import (
+    NAME_PATTERN,
+    Capabilities,
+    ComputeServer,
+    SwitchChange,
+)
+from zpe_core.models import AttemptRecord, ErrorInfo, Task, TaskResult, TaskSpec
+from zpe_core.pull import EVENT_ID_PATTERN
+
+Target = Annotated[str, Field(pattern=NAME_PATTERN)]
+EventId = Annotated[str, Field(pattern=EVENT_ID_PATTERN)]
+CODE_PATTERN = r"^[a-z0-9_]{1,64}$"
+
+
+class EnrollTokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    targets: list[Target] | None = Field(
+        default=None, max_length=32, description="Targets servers enrolled with it may serve."
+    )
+    ttl_seconds: float | None = Field(
+        default=None, gt=0, le=7 * 24 * 3600, description="Default ZPE_ENROLL_TOKEN_TTL_SECONDS."
+    )
+    note: str | None = Field(default=None, max_length=200)
+
+
+class EnrollTokenIssued(BaseModel):
+    token: str = Field(description="Shown once; only its digest is stored.")
+    token_id: str
+    targets: list[str]
+    expires_at: float
+
+
+class ServerRegistration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+    targets: list[Target] | None = Field(
+        default=None, max_length=32, description="Default: every target the enroll token allows."
+    )
+    capabilities: Capabilities = Field(default_factory=Capabilities)
+
+
+class ServerEnrolled(BaseModel):
+    server_id: str
+    worker_token: str = Field(description="Shown once; keep it in a file only you can read.")
+    token_expires_at: float
+    targets: list[str]
+
+
+class TokenRenewed(BaseModel):
+    server_id: str
+    worker_token: str
+    token_expires_at: float
+
+
+class ServerView(BaseModel):
+    """A compute server as admins see it (no token digests)."""
+
+    server_id: str
+    name: str
+    labels: dict[str, str]
+    targets: list[str]
+    capabilities: Capabilities
+    created_at: float
+    last_seen_at: float | None
+    token_expires_at: float
+    revoked: bool
+    revoked_at: float | None
+    revoked_by: str | None
+    running: dict[str, int] = Field(description="Task id -> lease epoch it holds now.")
+    tasks_done: int
+    tasks_failed: int
+
+    @classmethod
+    def of(cls, server: ComputeServer, running: dict[str, int]) -> ServerView:
+        return cls(
+            server_id=server.server_id,
+            name=server.name,
+            labels=server.labels,
+            targets=server.targets,
+            capabilities=server.capabilities,
+            created_at=server.created_at,
+            last_seen_at=server.last_seen_at,
+            token_expires_at=server.token_expires_at,
+            revoked=server.revoked,
+            revoked_at=server.revoked_at,
+            revoked_by=server.revoked_by,
+            running=running,
+            tasks_done=server.tasks_done,
+            tasks_failed=server.tasks_failed,
+        )
+
+
+class ServerList(BaseModel):
+    servers: list[ServerView]
+
+
+class LeaseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    wait_seconds: float = Field(
+        default=0.0, ge=0, le=600, description="Long-poll up to this (capped by the server)."
+    )
+    capabilities: Capabilities | None = Field(
+        default=None, description="Current capabilities (engine versions), if they changed."
+    )
+
+
+class LeaseGranted(BaseModel):
+    task_id: str
+    lease_id: str
+    epoch: int
+    expires_at: float
+    lease_seconds: float
+    heartbeat_seconds: float
+    spec: TaskSpec
+    job_ids: list[str]
+
+
+class LeaseRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epoch: int = Field(ge=1)
+    lease_id: str = Field(min_length=1, max_length=64)
+
+
+class HeartbeatAnswer(BaseModel):
+    task_id: str
+    epoch: int
+    expires_at: float
+
+
+class ResultBody(BaseModel):
+    """Energy and forces as a worker submits them (finite numbers only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    energy_ev: FiniteFloat
+    forces_ev_per_a: list[Annotated[list[FiniteFloat], Field(min_length=3, max_length=3)]] = Field(
+        min_length=1, max_length=100_000
+    )
+    engine: str = Field(max_length=32)
+    engine_version: str = Field(max_length=100)
+    wall_seconds: FiniteFloat = Field(default=0.0, ge=0)
+    scf_iterations: int | None = Field(default=None, ge=0)
+    warm_started: bool = False
+    cpu_seconds: FiniteFloat | None = Field(default=None, ge=0)
+
+    def to_result(self) -> TaskResult:
+        return TaskResult(**self.model_dump())
+
+
+class ResultSubmission(LeaseRef):
+    event_id: EventId | None = Field(default=None, description="Or the X-Event-Id header.")
+    result: ResultBody
+
+
+class FailureReport(LeaseRef):
+    event_id: EventId | None = Field(default=None, description="Or the X-Event-Id header.")
+    retryable: bool = Field(description="False for permanent failures (a pw.x input error).")
+    code: str = Field(default="engine_failed", pattern=CODE_PATTERN)
+    reason: str = Field(min_length=1, max_length=2000)
+    detail: str | None = Field(default=None, max_length=8000, description="e.g. pw.x output tail")
+
+
+class DeadLetter(BaseModel):
+    task_id: str
+    state: str
+    attempts: int
+    engine: str
+    engine_version: str
+    natoms: int
+    targets: list[str]
+    job_ids: list[str]
+    error: ErrorInfo | None
+    history: list[AttemptRecord]
+    updated_at: float
+
+    @classmethod
+    def of(cls, task: Task) -> DeadLetter:
+        return cls(
+            task_id=task.task_id,
+            state=task.state.value,
+            attempts=task.attempts,
+            engine=task.spec.engine,
+            engine_version=task.spec.engine_version,
+            natoms=len(task.spec.symbols),
+            targets=task.targets,
+            job_ids=task.subscribers,
+            error=task.error,
+            history=task.history,
+            updated_at=task.updated_at,
+        )
+
+
+class DeadLetterList(BaseModel):
+    dead_letters: list[DeadLetter]
+
+
+class RequeueRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    resubmit_jobs: bool = Field(
+        default=True,
+        description="Submit the jobs it failed again (same request and owner) as new jobs.",
+    )
+
+
+class Requeued(BaseModel):
+    task_id: str
+    state: str
+    resubmitted_jobs: dict[str, str] = Field(description="Failed job id -> its new job id.")
+
+
+class SwitchesView(BaseModel):
+    submission_enabled: bool
+    dequeue_enabled: bool
+    updated_at: float | None
+    updated_by: str | None
+    reason: str | None
+    audit: list[SwitchChange]
+
+
+class SwitchesUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    submission_enabled: bool | None = None
+    dequeue_enabled: bool | None = None
+    actor: str = Field(default="admin", min_length=1, max_length=100, description="Who.")
+    reason: str | None = Field(default=None, max_length=500)

@@ -1,0 +1,260 @@
+"""The worker API (``/calc/zpe/compute``): enrollment, servers, leases and task outcomes.
+
+Compute servers behind NAT call out to these endpoints over HTTPS with a
+worker token; they never see the store. The store work is blocking, so it
+runs in the thread pool; the lease long-poll waits asynchronously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from zpe_api.compute_schemas import (
+    EnrollTokenIssued,
+    EnrollTokenRequest,
+    FailureReport,
+    HeartbeatAnswer,
+    LeaseGranted,
+    LeaseRef,
+    LeaseRequest,
+    ResultSubmission,
+    ServerEnrolled,
+    ServerList,
+    ServerRegistration,
+    ServerView,
+    TokenRenewed,
+)
+from zpe_api.deps import (
+    AdminDep,
+    CoordinatorDep,
+    EnrollTokenDep,
+    RegistryDep,
+    SettingsDep,
+    WorkerDep,
+)
+from zpe_core.errors import Forbidden, InputError, InputTooLarge, Unauthorized
+
+router = APIRouter(prefix="/calc/zpe/compute", tags=["compute servers"])
+
+#: How often a waiting lease request looks at the queue again.
+POLL_INTERVAL_SECONDS = 0.5
+
+EventIdHeader = Annotated[
+    str | None, Header(alias="X-Event-Id", max_length=100, description="Or body event_id.")
+]
+
+
+# ---------------------------------------------------------------------- enrollment
+
+
+@router.post("/enroll-tokens", status_code=201, response_model=EnrollTokenIssued)
+def create_enroll_token(
+    body: EnrollTokenRequest, actor: AdminDep, registry: RegistryDep
+) -> EnrollTokenIssued:
+    """Admin: a short-lived, single-use enroll token (only its digest is stored)."""
+    token, record = registry.issue_enroll_token(
+        targets=body.targets, ttl_seconds=body.ttl_seconds, note=body.note, actor=actor
+    )
+    return EnrollTokenIssued(
+        token=token, token_id=record.token_id, targets=record.targets, expires_at=record.expires_at
+    )
+
+
+@router.post("/servers", status_code=201, response_model=ServerEnrolled)
+def enroll_server(
+    body: ServerRegistration, token: EnrollTokenDep, registry: RegistryDep
+) -> ServerEnrolled:
+    """Register a compute server with an enroll token (as the bearer); returns a worker token."""
+    if token is None:
+        raise Unauthorized(
+            "an enroll token is required as the bearer", code="enroll_token_required"
+        )
+    server, worker_token = registry.enroll(
+        token,
+        name=body.name,
+        labels=body.labels,
+        targets=body.targets,
+        capabilities=body.capabilities,
+    )
+    return ServerEnrolled(
+        server_id=server.server_id,
+        worker_token=worker_token,
+        token_expires_at=server.token_expires_at,
+        targets=server.targets,
+    )
+
+
+@router.get("/servers", response_model=ServerList)
+def list_servers(_: AdminDep, registry: RegistryDep, coordinator: CoordinatorDep) -> ServerList:
+    """Admin: every server, with last-seen time and the leases it holds now."""
+    return ServerList(
+        servers=[
+            ServerView.of(server, coordinator.live_leases(server))
+            for server in registry.list_servers()
+        ]
+    )
+
+
+@router.get("/servers/{server_id}", response_model=ServerView)
+def get_server(
+    server_id: str, _: AdminDep, registry: RegistryDep, coordinator: CoordinatorDep
+) -> ServerView:
+    """Admin: one server."""
+    server = registry.get_server(server_id)
+    return ServerView.of(server, coordinator.live_leases(server))
+
+
+@router.delete("/servers/{server_id}", response_model=ServerView)
+def revoke_server(server_id: str, actor: AdminDep, coordinator: CoordinatorDep) -> ServerView:
+    """Admin: revoke a server at once; the tasks it held go back to the queue."""
+    server = coordinator.revoke_server(server_id, actor=actor)
+    return ServerView.of(server, {})
+
+
+@router.post("/servers/{server_id}/token", response_model=TokenRenewed)
+def renew_token(server_id: str, server: WorkerDep, registry: RegistryDep) -> TokenRenewed:
+    """A server renews its own worker token before it expires (the old one stops soon)."""
+    if server_id != server.server_id:
+        raise Forbidden("a server can renew only its own token", code="not_your_server")
+    renewed, token = registry.renew_token(server.server_id)
+    return TokenRenewed(
+        server_id=renewed.server_id, worker_token=token, token_expires_at=renewed.token_expires_at
+    )
+
+
+# ---------------------------------------------------------------------- leases
+
+
+@router.post(
+    "/tasks/lease",
+    response_model=LeaseGranted,
+    responses={204: {"description": "No task for this server now (or dequeue is switched off)"}},
+)
+async def lease_task(
+    body: LeaseRequest,
+    request: Request,
+    server: WorkerDep,
+    registry: RegistryDep,
+    coordinator: CoordinatorDep,
+    settings: SettingsDep,
+) -> Response:
+    """Long-poll (up to ``ZPE_LEASE_POLL_MAX_SECONDS``) for one task this server matches."""
+    if body.capabilities is not None:
+        server = server.model_copy(update={"capabilities": body.capabilities})
+    await run_in_threadpool(registry.touch, server.server_id, body.capabilities)
+    deadline = time.monotonic() + min(body.wait_seconds, settings.lease_poll_max_seconds)
+    while True:
+        if await request.is_disconnected():
+            return Response(status_code=204)
+        task = await run_in_threadpool(coordinator.lease, server)
+        if task is not None:
+            assert task.lease is not None
+            granted = LeaseGranted(
+                task_id=task.task_id,
+                lease_id=task.lease.lease_id,
+                epoch=task.lease.epoch,
+                expires_at=task.lease.expires_at,
+                lease_seconds=settings.lease_seconds,
+                heartbeat_seconds=settings.heartbeat_seconds,
+                spec=task.spec,
+                job_ids=task.subscribers,
+            )
+            return Response(granted.model_dump_json(), media_type="application/json")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return Response(status_code=204)
+        await asyncio.sleep(min(POLL_INTERVAL_SECONDS, remaining))
+
+
+@router.post("/tasks/{task_id}/heartbeat", response_model=HeartbeatAnswer)
+def heartbeat(
+    task_id: str, body: LeaseRef, server: WorkerDep, coordinator: CoordinatorDep
+) -> HeartbeatAnswer:
+    """Extend the lease; 409 if this server no longer holds it at this epoch."""
+    task = coordinator.heartbeat(server, task_id, body.epoch, body.lease_id)
+    assert task.lease is not None
+    return HeartbeatAnswer(
+        task_id=task_id, epoch=task.lease.epoch, expires_at=task.lease.expires_at
+    )
+
+
+@router.post("/tasks/{task_id}/release")
+def release(
+    task_id: str, body: LeaseRef, server: WorkerDep, coordinator: CoordinatorDep
+) -> dict[str, str]:
+    """Give the lease back without counting an attempt (the worker is shutting down)."""
+    task = coordinator.release(server, task_id, body.epoch, body.lease_id)
+    return {"task_id": task_id, "state": task.state.value}
+
+
+def _event_id(body_value: str | None, header: str | None) -> str:
+    if body_value and header and body_value != header:
+        raise InputError("event_id and X-Event-Id differ", code="invalid_event_id")
+    value = body_value or header
+    if not value:
+        raise InputError(
+            "an event id (X-Event-Id header or event_id) is required", code="event_id_required"
+        )
+    return value
+
+
+@router.post("/tasks/{task_id}/result")
+async def submit_result(
+    task_id: str,
+    body: ResultSubmission,
+    request: Request,
+    server: WorkerDep,
+    coordinator: CoordinatorDep,
+    settings: SettingsDep,
+    x_event_id: EventIdHeader = None,
+) -> dict[str, object]:
+    """Commit energy and forces, validated now (engine, natoms x 3, finite, size).
+
+    409 if the lease is stale or another server's; a repeat with the same event
+    id is answered the same.
+    """
+    size = len(await request.body())
+    if size > settings.max_result_bytes:
+        raise InputTooLarge(
+            f"the result is {size} bytes; at most {settings.max_result_bytes} are accepted",
+            code="result_too_large",
+        )
+    event_id = _event_id(body.event_id, x_event_id)
+    return await run_in_threadpool(
+        lambda: coordinator.submit_result(
+            server,
+            task_id,
+            epoch=body.epoch,
+            lease_id=body.lease_id,
+            result=body.result.to_result(),
+            event_id=event_id,
+        )
+    )
+
+
+@router.post("/tasks/{task_id}/failed")
+def report_failure(
+    task_id: str,
+    body: FailureReport,
+    server: WorkerDep,
+    coordinator: CoordinatorDep,
+    x_event_id: EventIdHeader = None,
+) -> dict[str, object]:
+    """A failed attempt: ``retryable`` re-queues with backoff (until ``ZPE_RETRY_MAX``);
+    otherwise the task is dead-lettered and its jobs fail with the reason."""
+    return coordinator.report_failure(
+        server,
+        task_id,
+        epoch=body.epoch,
+        lease_id=body.lease_id,
+        retryable=body.retryable,
+        code=body.code,
+        reason=body.reason,
+        detail=body.detail,
+        event_id=_event_id(body.event_id, x_event_id),
+    )

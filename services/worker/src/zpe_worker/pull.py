@@ -1,0 +1,547 @@
+"""The pull worker: a compute server behind NAT that leases tasks over HTTPS.
+
+``enroll`` trades a single-use enroll token for a worker token, kept in a file
+only this user can read (0600). ``PullWorker.run`` then loops: renew the
+token when two thirds of its life are gone, long-poll for a lease, run the
+task with the local engine (``zpe_core.runner.compute_task``) while a
+heartbeat thread extends the lease, and post the result or the failure under
+the lease's epoch with a fresh event id (a retried post is answered the same).
+
+* A heartbeat answered 409 means the lease moved on: the task is abandoned
+  and its result never posted.
+* Network errors and 5xx answers back off exponentially with jitter.
+* SIGTERM/SIGINT: stop leasing, let running tasks finish for up to
+  ``grace_seconds``, release what is still running, exit. A second signal
+  releases at once.
+* A 401 (token forged, expired or revoked) stops the worker: exit code 3.
+
+The worker never holds store credentials; it only speaks to the API.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+
+from zpe_core.compute_servers import Capabilities
+from zpe_core.engines import get_engine
+from zpe_core.errors import EngineError, ZpeError
+from zpe_core.models import TaskSpec, now
+from zpe_core.runner import compute_task
+from zpe_core.settings import Settings
+
+log = logging.getLogger("zpe.worker.pull")
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_TOKEN_REJECTED = 3
+
+
+def default_token_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "zpe" / "worker-token.json"
+
+
+class ApiError(Exception):
+    """The API answered with an error we do not retry."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class TokenRejected(ApiError):
+    """401/403: the token is forged, expired or revoked; the worker must stop."""
+
+
+def _error_of(response: httpx.Response) -> ApiError:
+    try:
+        body = response.json()
+        code, message = str(body.get("code")), str(body.get("detail"))
+    except ValueError:
+        code, message = f"http_{response.status_code}", response.text[:300]
+    cls = TokenRejected if response.status_code in (401, 403) else ApiError
+    return cls(response.status_code, code, message)
+
+
+# ---------------------------------------------------------------------- credentials
+
+
+@dataclass
+class Credentials:
+    """What ``enroll`` writes: the API, the server id and its worker token."""
+
+    api: str
+    server_id: str
+    worker_token: str
+    token_issued_at: float
+    token_expires_at: float
+
+    @classmethod
+    def load(cls, path: Path) -> Credentials:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning("token file is readable by others; chmod 600 it", extra={"path": str(path)})
+        data = json.loads(path.read_text())
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+    def save(self, path: Path) -> None:
+        """Write atomically, readable only by this user (0600)."""
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump(self.__dict__, out, indent=2)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def should_renew(self, t: float) -> bool:
+        lifetime = self.token_expires_at - self.token_issued_at
+        return t >= self.token_issued_at + lifetime * 2 / 3
+
+
+def local_capabilities(settings: Settings, engines: list[str], concurrency: int) -> Capabilities:
+    """The engines this machine can run, with the versions that go into task keys."""
+    versions: dict[str, str] = {}
+    for name in engines:
+        try:
+            version = get_engine(name, settings).version()
+        except ZpeError as exc:
+            log.warning("engine unavailable", extra={"engine": name, "error": exc.message})
+            continue
+        if version.endswith("-unknown"):
+            log.warning("engine unavailable: version unknown", extra={"engine": name})
+            continue
+        versions[name] = version
+    return Capabilities(
+        engines=versions,
+        cores=os.cpu_count(),
+        max_concurrency=concurrency,
+        pw_command=settings.pw_command if "qe" in versions else None,
+        hostname=socket.gethostname(),
+    )
+
+
+def enroll(
+    api: str,
+    enroll_token: str,
+    *,
+    name: str,
+    token_file: Path,
+    capabilities: Capabilities,
+    targets: list[str] | None = None,
+    labels: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> Credentials:
+    """Register this server with an enroll token and save its worker token (0600)."""
+    body: dict[str, Any] = {
+        "name": name,
+        "labels": labels or {},
+        "capabilities": capabilities.model_dump(),
+    }
+    if targets:
+        body["targets"] = targets
+    response = httpx.post(
+        f"{api.rstrip('/')}/calc/zpe/compute/servers",
+        json=body,
+        headers={"Authorization": f"Bearer {enroll_token}"},
+        timeout=timeout,
+    )
+    if response.status_code != 201:
+        raise _error_of(response)
+    data = response.json()
+    creds = Credentials(
+        api=api.rstrip("/"),
+        server_id=data["server_id"],
+        worker_token=data["worker_token"],
+        token_issued_at=now(),
+        token_expires_at=data["token_expires_at"],
+    )
+    creds.save(token_file)
+    log.info("enrolled", extra={"worker_id": creds.server_id, "targets": data["targets"]})
+    return creds
+
+
+# ---------------------------------------------------------------------- the loop
+
+
+@dataclass
+class _Running:
+    task_id: str
+    epoch: int
+    lease_id: str
+    thread: threading.Thread
+    released: bool = False
+
+
+class PullWorker:
+    """Leases and runs tasks until stopped (or ``max_tasks`` are finished)."""
+
+    def __init__(
+        self,
+        token_file: Path,
+        settings: Settings,
+        *,
+        api: str | None = None,
+        engines: list[str] | None = None,
+        concurrency: int | None = None,
+        max_tasks: int | None = None,
+        poll_wait_seconds: float = 20.0,
+        idle_max_seconds: float = 5.0,
+        backoff_max_seconds: float = 60.0,
+        grace_seconds: float = 60.0,
+    ) -> None:
+        self.token_file = token_file
+        self.settings = settings
+        self.creds = Credentials.load(token_file)
+        self.api = (api or self.creds.api).rstrip("/")
+        self.concurrency = concurrency or settings.pull_concurrency
+        self.capabilities = local_capabilities(
+            settings, engines or settings.engines, self.concurrency
+        )
+        self.max_tasks = max_tasks
+        self.poll_wait = poll_wait_seconds
+        self.idle_max = idle_max_seconds
+        self.backoff_max = backoff_max_seconds
+        self.grace_seconds = grace_seconds
+        self.finished = 0
+        self.exit_code = EXIT_OK
+        self._stop = threading.Event()
+        self._release_now = threading.Event()
+        self._lock = threading.Lock()
+        self._running: dict[str, _Running] = {}
+        self._client = httpx.Client(base_url=self.api, timeout=poll_wait_seconds + 30.0)
+
+    # -------------------------------------------------------------- plumbing
+
+    @property
+    def worker_id(self) -> str:
+        return self.creds.server_id
+
+    def _headers(self, event_id: str | None = None) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self.creds.worker_token}"}
+        if event_id:
+            headers["X-Event-Id"] = event_id
+        return headers
+
+    def _post(self, path: str, body: dict[str, Any], event_id: str | None = None) -> httpx.Response:
+        return self._client.post(path, json=body, headers=self._headers(event_id))
+
+    def _backoff(self, failures: int) -> float:
+        ceiling = min(self.backoff_max, 0.5 * 2 ** min(failures, 16))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def install_signal_handlers(self) -> None:
+        def handle(signum: int, frame: FrameType | None) -> None:
+            if self._stop.is_set():
+                self._release_now.set()
+            self._stop.set()
+            log.info("stopping: finishing or releasing current tasks", extra={"signal": signum})
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -------------------------------------------------------------- main loop
+
+    def run(self, *, once: bool = False) -> int:
+        """Lease and run tasks until stopped; returns the exit code."""
+        if not self.capabilities.engines:
+            log.error("no engine is available on this machine; nothing to do")
+            return EXIT_CONFIG
+        log.info(
+            "pull worker started",
+            extra={
+                "worker_id": self.worker_id,
+                "api": self.api,
+                "engines": self.capabilities.engines,
+                "concurrency": self.concurrency,
+            },
+        )
+        failures = idle = started = 0
+        try:
+            while not self._stop.is_set():
+                if self.max_tasks is not None and started >= self.max_tasks:
+                    break
+                if not self._wait_for_slot():
+                    break
+                try:
+                    self._maybe_renew()
+                    grant = self._lease()
+                except TokenRejected as exc:
+                    log.error("the API refused our token; stopping", extra={"code": exc.code})
+                    self.exit_code = EXIT_TOKEN_REJECTED
+                    break
+                except (httpx.HTTPError, ApiError) as exc:
+                    failures += 1
+                    delay = self._backoff(failures)
+                    log.warning(
+                        "lease request failed; backing off",
+                        extra={"error": str(exc), "retry_in": round(delay, 2)},
+                    )
+                    self._stop.wait(delay)
+                    continue
+                failures = 0
+                if grant is None:
+                    if once:
+                        break
+                    idle += 1
+                    self._stop.wait(min(self.idle_max, 0.25 * 2 ** min(idle, 10)))
+                    continue
+                idle = 0
+                started += 1
+                self._start(grant)
+                if once:
+                    break
+        finally:
+            self._drain()
+            self._client.close()
+        log.info("pull worker stopped", extra={"worker_id": self.worker_id, "tasks": started})
+        return self.exit_code
+
+    def _wait_for_slot(self) -> bool:
+        while not self._stop.is_set():
+            with self._lock:
+                if len(self._running) < self.concurrency:
+                    return True
+            self._stop.wait(0.1)
+        return False
+
+    def _maybe_renew(self) -> None:
+        if not self.creds.should_renew(now()):
+            return
+        response = self._post(f"/calc/zpe/compute/servers/{self.worker_id}/token", {})
+        if response.status_code != 200:
+            raise _error_of(response)
+        data = response.json()
+        self.creds.worker_token = data["worker_token"]
+        self.creds.token_issued_at = now()
+        self.creds.token_expires_at = data["token_expires_at"]
+        self.creds.save(self.token_file)
+        log.info("worker token renewed", extra={"worker_id": self.worker_id})
+
+    def _lease(self) -> dict[str, Any] | None:
+        response = self._post(
+            "/calc/zpe/compute/tasks/lease",
+            {"wait_seconds": self.poll_wait, "capabilities": self.capabilities.model_dump()},
+        )
+        if response.status_code == 204:
+            return None
+        if response.status_code != 200:
+            raise _error_of(response)
+        grant: dict[str, Any] = response.json()
+        if self._stop.is_set():  # asked to stop while we waited: give it straight back
+            self._release(grant["task_id"], grant["epoch"], grant["lease_id"])
+            return None
+        return grant
+
+    def _start(self, grant: dict[str, Any]) -> None:
+        thread = threading.Thread(
+            target=self._run_task, args=(grant,), name=f"zpe-task-{grant['task_id'][:8]}"
+        )
+        thread.daemon = True
+        with self._lock:
+            self._running[grant["task_id"]] = _Running(
+                grant["task_id"], grant["epoch"], grant["lease_id"], thread
+            )
+        thread.start()
+
+    def _drain(self) -> None:
+        """Wait for running tasks; once stopping, release what is left after the grace period."""
+        deadline: float | None = None
+        while True:
+            with self._lock:
+                running = list(self._running.values())
+            if not running:
+                return
+            if self._stop.is_set() and deadline is None:
+                deadline = time.monotonic() + self.grace_seconds
+            expired = deadline is not None and time.monotonic() >= deadline
+            if self._release_now.is_set() or expired:
+                break
+            running[0].thread.join(timeout=0.2)
+        for item in running:
+            item.released = True
+            self._release(item.task_id, item.epoch, item.lease_id)
+
+    def _release(self, task_id: str, epoch: int, lease_id: str) -> None:
+        try:
+            response = self._post(
+                f"/calc/zpe/compute/tasks/{task_id}/release",
+                {"epoch": epoch, "lease_id": lease_id},
+            )
+            log.info(
+                "task released",
+                extra={
+                    "task_id": task_id,
+                    "worker_id": self.worker_id,
+                    "status": response.status_code,
+                },
+            )
+        except httpx.HTTPError as exc:  # the lease will expire instead
+            log.warning("release failed", extra={"task_id": task_id, "error": str(exc)})
+
+    # -------------------------------------------------------------- one task
+
+    def _run_task(self, grant: dict[str, Any]) -> None:
+        task_id, epoch, lease_id = grant["task_id"], grant["epoch"], grant["lease_id"]
+        extra = {
+            "task_id": task_id,
+            "worker_id": self.worker_id,
+            "epoch": epoch,
+            "job_id": (grant.get("job_ids") or [None])[0],
+        }
+        lost = threading.Event()
+        done = threading.Event()
+        interval = min(float(grant["heartbeat_seconds"]), float(grant["lease_seconds"]) / 3)
+        beat = threading.Thread(
+            target=self._heartbeat_loop,
+            args=(task_id, epoch, lease_id, interval, lost, done),
+            daemon=True,
+        )
+        beat.start()
+        log.info("task started", extra=extra)
+        started = time.monotonic()
+        outcome: tuple[str, dict[str, Any]]
+        try:
+            spec = TaskSpec.model_validate(grant["spec"])
+            result = compute_task(spec, self.settings, task_id=task_id)
+            outcome = (
+                "result",
+                {"result": result.model_dump(mode="json", exclude={"worker_id"})},
+            )
+        except EngineError as exc:
+            outcome = (
+                "failed",
+                {
+                    "retryable": exc.retryable,
+                    "code": exc.code,
+                    "reason": exc.message[:2000],
+                    "detail": (exc.detail or "")[-8000:] or None,
+                },
+            )
+        finally:
+            done.set()
+            beat.join(timeout=5)
+        try:
+            with self._lock:
+                released = self._running.get(task_id, _Running("", 0, "", beat)).released
+            if lost.is_set() or released:
+                log.warning("task abandoned: the lease moved on", extra=extra)
+                return
+            kind, body = outcome
+            answer = self._report(task_id, kind, {"epoch": epoch, "lease_id": lease_id, **body})
+            if answer == "invalid" and kind == "result":
+                self._report(
+                    task_id,
+                    "failed",
+                    {
+                        "epoch": epoch,
+                        "lease_id": lease_id,
+                        "retryable": False,
+                        "code": "result_refused",
+                        "reason": "the API refused the computed result as invalid",
+                    },
+                )
+            log.info(
+                "task finished",
+                extra={
+                    **extra,
+                    "outcome": kind,
+                    "answer": answer,
+                    "seconds": round(time.monotonic() - started, 3),
+                },
+            )
+        finally:
+            with self._lock:
+                self._running.pop(task_id, None)
+                self.finished += 1
+
+    def _heartbeat_loop(
+        self,
+        task_id: str,
+        epoch: int,
+        lease_id: str,
+        interval: float,
+        lost: threading.Event,
+        done: threading.Event,
+    ) -> None:
+        failures = 0
+        wait = interval
+        while not done.wait(wait):
+            try:
+                response = self._post(
+                    f"/calc/zpe/compute/tasks/{task_id}/heartbeat",
+                    {"epoch": epoch, "lease_id": lease_id},
+                )
+            except httpx.HTTPError as exc:
+                failures += 1
+                wait = min(interval, self._backoff(failures))
+                log.warning("heartbeat failed", extra={"task_id": task_id, "error": str(exc)})
+                continue
+            if response.status_code in (404, 409):
+                log.warning(
+                    "heartbeat refused: lease lost; abandoning",
+                    extra={"task_id": task_id, "worker_id": self.worker_id},
+                )
+                lost.set()
+                return
+            failures = 0
+            wait = interval
+
+    def _report(self, task_id: str, kind: str, body: dict[str, Any]) -> str:
+        """Post a result or failure, retrying transient errors with the same event id.
+
+        Returns ``ok``, ``conflict`` (409: lease lost), ``invalid`` (413/422) or ``gone``.
+        """
+        event_id = uuid.uuid4().hex
+        deadline = time.monotonic() + max(120.0, 2 * self.settings.lease_seconds)
+        failures = 0
+        while True:
+            try:
+                response = self._post(f"/calc/zpe/compute/tasks/{task_id}/{kind}", body, event_id)
+                status = response.status_code
+            except httpx.HTTPError as exc:
+                status, response = 0, None
+                log.warning("report failed", extra={"task_id": task_id, "error": str(exc)})
+            if status == 200:
+                return "ok"
+            if status == 409:
+                log.warning("report refused: lease lost", extra={"task_id": task_id})
+                return "conflict"
+            if status in (413, 422):
+                assert response is not None
+                log.error(
+                    "report refused as invalid",
+                    extra={"task_id": task_id, "error": str(_error_of(response))},
+                )
+                return "invalid"
+            if status in (401, 403, 404):
+                return "gone"
+            failures += 1
+            if time.monotonic() > deadline or self._release_now.is_set():
+                return "gone"
+            time.sleep(self._backoff(failures))
