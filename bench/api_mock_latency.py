@@ -63,6 +63,7 @@ def main() -> None:
             "ZPE_STORE_URL": f"file://{tmp}/store",
             "ZPE_DEFAULT_ENGINE": "mock",
             "ZPE_LOG_LEVEL": "WARNING",
+            "ZPE_POLL_RATE_PER_SECOND": "0",  # this client polls every 2 ms on purpose
         }
         server = subprocess.Popen(
             [sys.executable, "-m", "zpe_api.cli", "serve", "--port", str(port)],

@@ -19,10 +19,13 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
 from zpe_core.dispatch.base import JobDispatcher
+from zpe_core.logs import current_request_id, log_context
 from zpe_core.models import Task, now
 from zpe_core.settings import Settings
 
 log = logging.getLogger("zpe.dispatch.inprocess")
+
+_MAX_CRASH_RETRIES = 8  # then the periodic reconcile (JobService.reconcile) takes over
 
 _worker_service = None  # the JobService of a pool process, built once by _init_worker
 
@@ -37,11 +40,12 @@ def _init_worker(settings_json: str) -> None:
     _worker_service = JobService(store, None, settings)
 
 
-def _run_in_worker(task_id: str) -> str:
+def _run_in_worker(task_id: str, request_id: str | None = None) -> str:
     from zpe_core.runner import run_task
 
     assert _worker_service is not None
-    return run_task(_worker_service, task_id, f"inprocess-{os.getpid()}").value
+    with log_context(request_id=request_id):
+        return run_task(_worker_service, task_id, f"inprocess-{os.getpid()}").value
 
 
 class InProcessDispatcher(JobDispatcher):
@@ -59,6 +63,7 @@ class InProcessDispatcher(JobDispatcher):
         self._wakeup = threading.Condition(self._lock)
         self._stopping = False
         self._scheduler: threading.Thread | None = None
+        self._crashes: dict[str, int] = {}
 
     def _new_executor(self) -> Executor:
         workers = self.settings.inprocess_concurrency
@@ -90,21 +95,34 @@ class InProcessDispatcher(JobDispatcher):
         if self._scheduler is not None:
             self._scheduler.join(timeout=5)
             self._scheduler = None
-        if executor is not None:
-            # Running tasks finish or, if the process is killed, their leases expire.
-            executor.shutdown(wait=False, cancel_futures=True)
+        if executor is None:
+            return
+        # Taken before shutdown(), which sets the pool's ``_processes`` to None.
+        processes = list((getattr(executor, "_processes", None) or {}).values())
+        executor.shutdown(wait=False, cancel_futures=True)
+        if isinstance(executor, ProcessPoolExecutor):
+            # Without this the pool's processes outlive the API (orphans waiting on a
+            # queue nobody feeds). A task cut short here keeps its lease until it
+            # expires; then the reaper, or recover() at the next start, re-queues it.
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
+            for process in processes:
+                process.join(timeout=5)
 
     def dispatch(self, tasks: Sequence[Task]) -> None:
         t = now()
+        # The submitting request's id travels with the task into its worker's log context.
+        request_id = current_request_id()
         for task in tasks:
             if task.ready_at > t:
                 with self._lock:
                     heapq.heappush(self._delayed, (task.ready_at, task.task_id))
                     self._wakeup.notify()
             else:
-                self._submit(task.task_id)
+                self._submit(task.task_id, request_id)
 
-    def _submit(self, task_id: str) -> None:
+    def _submit(self, task_id: str, request_id: str | None = None) -> None:
         with self._lock:
             if self._stopping:
                 return
@@ -113,9 +131,9 @@ class InProcessDispatcher(JobDispatcher):
             executor = self._executor
         try:
             if self._use_threads:
-                future: Future[str] = executor.submit(self._run_in_thread, task_id)
+                future: Future[str] = executor.submit(self._run_in_thread, task_id, request_id)
             else:
-                future = executor.submit(_run_in_worker, task_id)
+                future = executor.submit(_run_in_worker, task_id, request_id)
         except (BrokenProcessPool, RuntimeError):
             # A worker process died and broke the pool: start a new pool and retry once.
             log.warning("worker pool broken; restarting it")
@@ -129,23 +147,36 @@ class InProcessDispatcher(JobDispatcher):
 
         future.add_done_callback(on_done)
 
-    def _run_in_thread(self, task_id: str) -> str:
+    def _run_in_thread(self, task_id: str, request_id: str | None = None) -> str:
         from zpe_core.runner import run_task
         from zpe_core.service import JobService
 
         assert isinstance(self._service, JobService)
         worker_id = f"inprocess-{os.getpid()}-{threading.get_ident()}"
-        return run_task(self._service, task_id, worker_id).value
+        with log_context(request_id=request_id):
+            return run_task(self._service, task_id, worker_id).value
 
     def _done(self, task_id: str, future: Future[str]) -> None:
         exc = future.exception()
-        if exc is not None:
-            # The lease of a task whose worker died expires; the reaper re-queues it.
-            log.error("task worker crashed", extra={"task_id": task_id, "error": repr(exc)})
-            if isinstance(exc, BrokenProcessPool):
-                with self._lock:
-                    if not self._stopping:
-                        self._executor = self._new_executor()
+        if exc is None:
+            self._crashes.pop(task_id, None)
+            return
+        # A worker that raised (the store was down, say) may not have claimed the
+        # task: try it again later. A claimed task's lease expires and the reaper
+        # re-queues it; a second run finds it leased or done and does nothing.
+        crashes = self._crashes.get(task_id, 0) + 1
+        self._crashes[task_id] = crashes
+        log.error(
+            "task worker crashed",
+            extra={"task_id": task_id, "error": repr(exc), "crashes": crashes},
+        )
+        with self._lock:
+            if isinstance(exc, BrokenProcessPool) and not self._stopping:
+                self._executor = self._new_executor()
+            if crashes <= _MAX_CRASH_RETRIES and not self._stopping:
+                retry_at = now() + min(2.0**crashes, 60.0)
+                heapq.heappush(self._delayed, (retry_at, task_id))
+                self._wakeup.notify()
 
     def _schedule_loop(self) -> None:
         while True:

@@ -154,9 +154,16 @@ class MockPotential(Calculator):
 
 
 class MockEngine(Engine):
-    """Engine ``mock``: energy and forces from :class:`MockPotential`; ignores ``spec.qe``."""
+    """Engine ``mock``: energy and forces from :class:`MockPotential`; ignores ``spec.qe``.
+
+    ``delay_seconds`` makes each task take at least that long (``ZPE_MOCK_DELAY_SECONDS``),
+    so demos, load tests and chaos runs see tasks in flight; results do not change.
+    """
 
     name = "mock"
+
+    def __init__(self, delay_seconds: float = 0.0) -> None:
+        self.delay_seconds = delay_seconds
 
     def version(self) -> str:
         return MOCK_VERSION
@@ -171,6 +178,8 @@ class MockEngine(Engine):
                 retryable=False,
                 code="invalid_geometry",
             ) from exc
+        if self.delay_seconds > 0:
+            time.sleep(self.delay_seconds)
         return TaskResult(
             energy_ev=energy,
             forces_ev_per_a=forces.tolist(),
