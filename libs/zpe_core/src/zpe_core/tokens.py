@@ -1,0 +1,41 @@
+"""Bearer-token primitives shared by every kind of token (one concept, one place).
+
+Tokens look like ``zpe_<kind>_<id>_<secret>``: the id finds the stored record,
+the secret has 256 random bits, and only the SHA-256 digest of the whole token
+is ever stored. With that much entropy a fast hash is enough (nothing to
+brute-force); comparisons are constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+#: Longest token accepted (anything longer is malformed, not looked up).
+MAX_TOKEN_LENGTH = 200
+
+
+def token_digest(token: str) -> str:
+    """SHA-256 hex digest of a token: the only form in which tokens are stored."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def digest_matches(token: str, digest: str) -> bool:
+    """Constant-time comparison of ``token`` with a stored digest."""
+    return hmac.compare_digest(token_digest(token), digest)
+
+
+def new_token(prefix: str, token_id: str) -> str:
+    """A fresh ``<prefix><token_id>_<secret>`` with a 256-bit URL-safe secret."""
+    return f"{prefix}{token_id}_{secrets.token_urlsafe(32)}"
+
+
+def split_token(token: str, prefix: str) -> str | None:
+    """The id part of ``<prefix><id>_<secret>``, or ``None`` if malformed."""
+    if not token.startswith(prefix) or len(token) > MAX_TOKEN_LENGTH:
+        return None
+    token_id, sep, secret = token[len(prefix) :].partition("_")
+    if not sep or len(secret) < 32:
+        return None
+    return token_id
