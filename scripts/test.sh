@@ -5,9 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/system-deps.sh
 ensure_uv
-ensure_debian_packages quantum-espresso quantum-espresso-data redis-server
+ensure_debian_packages quantum-espresso quantum-espresso-data redis-server chromium
 echo "==> uv sync"
 uv sync --all-packages --quiet
+ensure_tasks_emulator
+echo "==> infra linters (python-hcl2, checkov, hadolint: each in its own .cache/ venv)"
+uv run python -m tests.infra.venvs || [ "${CI:-}" != "true" ]
 echo "==> ruff"
 uv run ruff check .
 uv run ruff format --check .

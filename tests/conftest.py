@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.servers"]
+pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.cloud_tasks"]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

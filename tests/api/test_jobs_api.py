@@ -238,3 +238,28 @@ def test_openapi_is_served(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert "/calc/zpe/jobs" in spec["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def test_reconcile_repairs_results_committed_but_never_counted(
+    idle_client: TestClient, h2_input: str
+) -> None:
+    """A worker that committed its results and died before telling the job:
+    the periodic reconcile counts them and finishes the job."""
+    from zpe_core.runner import compute_task
+    from zpe_core.service import JobService
+
+    service: JobService = idle_client.app.state.service  # type: ignore[attr-defined]
+    job_id = submit(idle_client, h2_input).json()["job_id"]
+    job = service.store.get_job(job_id)
+    assert job is not None
+    for ref in job.value.tasks:
+        task = service.store.claim_task(ref.task_id, "w-dies", 60.0)
+        assert task is not None
+        result = compute_task(task.spec, service.settings)
+        service.store.commit_result(task.task_id, task.epoch, result)
+    assert idle_client.get(f"/calc/zpe/jobs/{job_id}").json()["progress"]["done"] == 0
+
+    assert service.reconcile(stale_after=0.0) == 0  # nothing left to dispatch
+    status = idle_client.get(f"/calc/zpe/jobs/{job_id}").json()
+    assert status["state"] == "done"
+    assert status["progress"]["done"] == 13

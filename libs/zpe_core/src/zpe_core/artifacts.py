@@ -29,6 +29,7 @@ def build_result(
     """The result document (a superset of the seed system's fields)."""
     started = job.started_at or job.created_at
     s = job.structure
+    rigid = vib.excluded_modes()
     return {
         "job_id": job.job_id,
         "freqs_cm": [float(m.frequency_cm) for m in vib.modes],
@@ -38,6 +39,7 @@ def build_result(
                 "frequency_cm": float(m.frequency_cm),
                 "imaginary": bool(m.imaginary),
                 "counted": bool(m.counted),
+                "excluded": m.index in rigid,  # a translation/rotation of a free molecule
                 "energy_ev": float(m.energy_ev),
             }
             for m in vib.modes

@@ -110,3 +110,37 @@ class EngineError(ZpeError):
         super().__init__(message, code=code, detail=output_tail)
         self.retryable = retryable
         self.output_tail = output_tail
+
+
+class Unauthorized(ZpeError):
+    """No credentials, or credentials that are forged, expired or revoked (401)."""
+
+    code = "unauthorized"
+    source = ErrorSource.INPUT
+
+
+class Forbidden(ZpeError):
+    """Valid credentials that may not do this, or an endpoint that is closed (403)."""
+
+    code = "forbidden"
+    source = ErrorSource.INPUT
+
+
+class SwitchedOff(ZpeError):
+    """An operations switch turned this off for now (503; the message says which and why)."""
+
+    code = "switched_off"
+    source = ErrorSource.CONFIGURATION
+    retryable = True
+
+
+class TooManyRequests(ZpeError):
+    """A per-user or per-client limit is reached (429); ``retry_after`` says when to retry."""
+
+    code = "too_many_requests"
+    source = ErrorSource.INPUT
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float, code: str | None = None):
+        super().__init__(message, code=code)
+        self.retry_after = retry_after

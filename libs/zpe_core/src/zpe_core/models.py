@@ -31,6 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from zpe_core.errors import ErrorSource, ZpeError
 
+#: The pull target of jobs that name none (and of servers enrolled without targets).
+DEFAULT_TARGET = "default"
+
 
 def now() -> float:
     """Wall-clock time in seconds since the epoch (one place, so tests can reason about it)."""
@@ -98,6 +101,11 @@ class JobRequest(BaseModel):
         default=298.15, gt=0.0, le=5000.0, description="Temperature in K for the entropy."
     )
     engine: str | None = Field(default=None, description="'qe' or 'mock'; default from settings.")
+    target: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
+        description="Pull workers: the compute-server target that may run it; default 'default'.",
+    )
 
 
 class QeCalcSpec(BaseModel):
@@ -120,6 +128,12 @@ class TaskSpec(BaseModel):
     cell: list[list[float]]
     pbc: list[bool]
     qe: QeCalcSpec | None = None
+    reference_key: str | None = Field(
+        default=None,
+        description="Key of the undisplaced task of the job that planned this task: a "
+        "warm-start hint for the engine (its own key on the reference itself). Not part "
+        "of the task key: it changes how the SCF starts, not what it converges to.",
+    )
 
 
 class TaskResult(BaseModel):
@@ -131,6 +145,8 @@ class TaskResult(BaseModel):
     engine_version: str
     wall_seconds: float = 0.0
     scf_iterations: int | None = None
+    warm_started: bool = False  # the SCF started from the reference's density (issue 8)
+    cpu_seconds: float | None = None  # pw.x's own CPU time (less load-sensitive than wall)
     worker_id: str | None = None
 
 
@@ -162,6 +178,9 @@ class Task(BaseModel):
     spec: TaskSpec
     state: TaskState = TaskState.QUEUED
     subscribers: list[str] = Field(default_factory=list, description="Job ids waiting for it.")
+    targets: list[str] = Field(
+        default_factory=list, description="Pull targets of its jobs; a server with one runs it."
+    )
     attempts: int = 0
     epoch: int = 0
     ready_at: float = 0.0

@@ -25,6 +25,26 @@ from zpe_core.qe_input import ParsedInput
 #: Namelist keys that never change forces, left out of task keys.
 _KEY_IGNORED = {"verbosity", "title", "iprint", "max_seconds", "disk_io", "wf_collect", "outdir"}
 
+#: Namelist keys the qe engine owns and replaces before pw.x sees the input: the
+#: geometry comes from the task (cell and positions in Å, which are in the key),
+#: files go to the task's scratch, and the calculation is always an SCF with forces.
+#: They never reach pw.x as the user wrote them, so they stay out of task keys too
+#: (``ibrav=1, celldm(1)=...`` and ``ibrav=0`` + ``CELL_PARAMETERS`` share a key).
+ENGINE_OWNED_KEYS: dict[str, frozenset[str]] = {
+    "control": frozenset(
+        {"outdir", "prefix", "pseudo_dir", "wfcdir", "calculation", "tprnfor", "disk_io"}
+    ),
+    "system": frozenset({"nat", "ntyp", "ibrav", "a", "b", "c", "cosab", "cosac", "cosbc"}),
+}
+
+
+def engine_owned(section: str, key: str) -> bool:
+    """Whether the qe engine replaces ``key`` of ``&section`` (then it is not in the key)."""
+    sec, name = section.lower().lstrip("&"), key.lower()
+    return name in ENGINE_OWNED_KEYS.get(sec, frozenset()) or (
+        sec == "system" and name.startswith("celldm")
+    )
+
 
 @dataclass(frozen=True)
 class PlannedTask:
@@ -91,6 +111,11 @@ def build_plan(
             qe=qe,
         )
         tasks.append(PlannedTask(displacement=disp, spec=spec, task_id=task_key(spec)))
+    # Every task of the job names the job's undisplaced point (the first task): a worker
+    # that computed it may start the displaced SCFs from its converged density.
+    reference_key = tasks[0].task_id
+    for planned in tasks:
+        planned.spec.reference_key = reference_key
     fixed = set(parsed.fixed_indices)
     structure = StructureInfo(
         natoms=len(atoms),
@@ -110,7 +135,15 @@ def build_plan(
 
 
 def task_key(spec: TaskSpec) -> str:
-    """The content hash that identifies a point: equal keys give equal forces."""
+    """The content hash that identifies a point: equal keys give equal forces.
+
+    In the key: everything that reaches pw.x (species, every atom's position, fixed
+    ones included, cell, namelists, k-points, pseudopotential names and file
+    digests) and the engine version. Not in the key: what cannot change forces
+    (masses, which only the job's Hessian uses; output and file options; keys
+    the engine replaces) and ``reference_key`` (the warm-start hint: a converged
+    SCF agrees with a cold one within ``conv_thr``, see docs/benchmarks.md).
+    """
     material: dict[str, Any] = {
         "engine": spec.engine,
         "engine_version": spec.engine_version,
@@ -122,7 +155,11 @@ def task_key(spec: TaskSpec) -> str:
     if spec.qe is not None:
         material["qe"] = {
             "input_data": {
-                section: {k: v for k, v in values.items() if k not in _KEY_IGNORED}
+                section.lower().lstrip("&"): {
+                    k.lower(): v
+                    for k, v in values.items()
+                    if k.lower() not in _KEY_IGNORED and not engine_owned(section, k)
+                }
                 for section, values in spec.qe.input_data.items()
             },
             "pseudopotentials": spec.qe.pseudopotentials,

@@ -15,11 +15,13 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 
 from zpe_core.engines import get_engine
 from zpe_core.errors import EngineError, StateConflict, ZpeError
+from zpe_core.logs import bind, log_context
 from zpe_core.models import ErrorInfo, Task, TaskResult, TaskSpec
 from zpe_core.service import JobService
 from zpe_core.settings import Settings
@@ -100,14 +102,56 @@ class Heartbeat:
                 log.warning("heartbeat failed", extra={"task_id": self._task_id, "error": str(exc)})
 
 
-def run_task(service: JobService, task_id: str, worker_id: str) -> Outcome:
-    """Claim, compute and commit one task; advance its jobs."""
+def run_task(
+    service: JobService,
+    task_id: str,
+    worker_id: str,
+    *,
+    final_attempt: bool = False,
+    ignore_ready_at: bool = False,
+    on_claim: Callable[[Task], None] | None = None,
+) -> Outcome:
+    """Claim, compute and commit one task; advance its jobs.
+
+    Push workers pass ``ignore_ready_at`` (the queue owns the schedule),
+    ``final_attempt`` when the queue will not deliver again (a retryable
+    failure is then recorded as final: dead letter, jobs failed) and
+    ``on_claim`` to learn the lease (to release it on shutdown). Every log
+    line inside carries ``task_id``, ``worker_id`` and (once claimed) the
+    ``job_id`` of the task's first subscriber.
+    """
+    with log_context(task_id=task_id, worker_id=worker_id, job_id=None):
+        return _run_task(
+            service,
+            task_id,
+            worker_id,
+            final_attempt=final_attempt,
+            ignore_ready_at=ignore_ready_at,
+            on_claim=on_claim,
+        )
+
+
+def _run_task(
+    service: JobService,
+    task_id: str,
+    worker_id: str,
+    *,
+    final_attempt: bool,
+    ignore_ready_at: bool,
+    on_claim: Callable[[Task], None] | None,
+) -> Outcome:
     store, settings = service.store, service.settings
-    task = store.claim_task(task_id, worker_id, settings.lease_seconds)
+    task = store.claim_task(
+        task_id, worker_id, settings.lease_seconds, ignore_ready_at=ignore_ready_at
+    )
     if task is None:
         return Outcome.SKIPPED
+    if task.subscribers:
+        bind(job_id=task.subscribers[0])
     assert task.lease is not None
     epoch = task.lease.epoch
+    if on_claim is not None:
+        on_claim(task)
     extra = {"task_id": task_id, "worker_id": worker_id, "epoch": epoch}
     if not service.has_active_subscriber(task):
         store.release_task(task_id, epoch)
@@ -122,12 +166,15 @@ def run_task(service: JobService, task_id: str, worker_id: str) -> Outcome:
             result = compute_task(task.spec, settings, task_id=task_id)
     except EngineError as exc:
         log.warning("task failed", extra={**extra, "code": exc.code, "retryable": exc.retryable})
+        error = ErrorInfo.from_exc(exc)
+        if exc.retryable and final_attempt:
+            error.message += " (the last delivery attempt: not retried)"
         try:
             failed = store.fail_task(
                 task_id,
                 epoch,
-                ErrorInfo.from_exc(exc),
-                retryable=exc.retryable,
+                error,
+                retryable=exc.retryable and not final_attempt,
                 policy=settings.retry_policy,
             )
         except StateConflict:

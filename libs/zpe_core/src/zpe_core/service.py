@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from ase import Atoms
 
+from zpe_core import metrics
 from zpe_core.analysis import analyze
 from zpe_core.artifacts import (
     ARTIFACT_NAMES,
@@ -33,6 +34,7 @@ from zpe_core.errors import (
     ZpeError,
 )
 from zpe_core.models import (
+    DEFAULT_TARGET,
     ErrorInfo,
     Job,
     JobRequest,
@@ -65,6 +67,9 @@ class JobService:
         self.dispatcher = dispatcher
         self.settings = settings
         self._engine_versions = engine_versions or {}
+        # When this process last dispatched each task, so reconcile() re-dispatches
+        # only tasks that have waited too long (lost dispatches), not a healthy backlog.
+        self._last_dispatch: dict[str, float] = {}
 
     # ------------------------------------------------------------------ submission
 
@@ -152,38 +157,53 @@ class JobService:
             if planned.task_id in seen:
                 continue
             seen.add(planned.task_id)
-            task, needs_dispatch = self._subscribe(planned, job_id)
+            task, needs_dispatch = self._subscribe(
+                planned, job_id, request.target or DEFAULT_TARGET
+            )
             if task.state is TaskState.DONE:
                 reused.append(task.task_id)
             elif needs_dispatch:
                 to_dispatch.append(task)
         if reused:
-            for task_id in reused:
-                self._mark_task_done(job_id, task_id, reused=True)
+            # One compare-and-swap for every reused task (a resubmitted job: one write).
+            self._mark_tasks_done(job_id, reused, reused=True)
         if to_dispatch:
             self._dispatch(to_dispatch)
         found = self.store.get_job(job_id)
         assert found is not None
         return found.value, True
 
-    def _subscribe(self, planned: PlannedTask, job_id: str) -> tuple[Task, bool]:
+    def _subscribe(self, planned: PlannedTask, job_id: str, target: str) -> tuple[Task, bool]:
         """Create the task, or add the job to an existing one. Returns ``(task, dispatch?)``."""
         try:
             created = self.store.create_task(
-                Task(task_id=planned.task_id, spec=planned.spec, subscribers=[job_id])
+                Task(
+                    task_id=planned.task_id,
+                    spec=planned.spec,
+                    subscribers=[job_id],
+                    targets=[target],
+                )
             )
             return created.value, True
         except AlreadyExists:
             pass
+        found = self.store.get_task(planned.task_id)
+        if found is not None and found.value.state is TaskState.DONE:
+            # Reused as it is: a done task never changes again and no job waits for it,
+            # so resubmitting writes nothing per task (and subscriber lists stay short).
+            return found.value, False
         revived: list[bool] = []
 
         def change(task: Task) -> Task | None:
             revived.clear()  # a lost compare-and-swap retries this function
-            if job_id in task.subscribers and task.state not in (
-                TaskState.FAILED,
-                TaskState.CANCELLED,
+            if (
+                job_id in task.subscribers
+                and target in task.targets
+                and task.state not in (TaskState.FAILED, TaskState.CANCELLED)
             ):
                 return None
+            if target not in task.targets:
+                task.targets.append(target)
             if job_id not in task.subscribers:
                 task.subscribers.append(job_id)
             if task.state in (TaskState.FAILED, TaskState.CANCELLED):
@@ -206,10 +226,14 @@ class JobService:
     def _dispatch(self, tasks: Sequence[Task]) -> None:
         if self.dispatcher is None:
             return
+        dispatched_at = now()
+        for task in tasks:
+            self._last_dispatch[task.task_id] = dispatched_at
         try:
             self.dispatcher.dispatch(tasks)
         except DispatchError as exc:
             log.error("dispatch failed", extra={"error": exc.message})
+            metrics.count_dispatch_failure(self.dispatcher.name)
             for task in tasks:
                 failed = self.store.fail_task(
                     task.task_id,
@@ -335,13 +359,18 @@ class JobService:
 
     def task_succeeded(self, task: Task) -> None:
         """Call after ``commit_result`` committed ``task``: advance and maybe finish its jobs."""
+        metrics.observe_task_committed(task)
         for job_id in task.subscribers:
             self._mark_task_done(job_id, task.task_id)
 
     def task_failed(self, task: Task) -> None:
         """Call after a failure was recorded: if the task failed for good, fail its jobs."""
+        if task.state is TaskState.QUEUED:
+            metrics.RETRIES.inc()
         if task.state is not TaskState.FAILED:
             return
+        if task.dead_letter:
+            metrics.DEAD_LETTERS.inc()
         error = task.error or ErrorInfo(
             code="task_failed", message="a task failed", source=ErrorSource.COMPUTE
         )
@@ -374,15 +403,19 @@ class JobService:
         log.warning("job failed", extra={"job_id": job_id, "code": error.code})
 
     def _mark_task_done(self, job_id: str, task_id: str, *, reused: bool = False) -> None:
+        self._mark_tasks_done(job_id, [task_id], reused=reused)
+
+    def _mark_tasks_done(self, job_id: str, task_ids: list[str], *, reused: bool = False) -> None:
         completed: list[bool] = []
 
         def change(job: Job) -> Job | None:
             completed.clear()  # a lost compare-and-swap retries this function
-            if job.state.terminal or task_id in job.done_task_ids:
+            new = [t for t in dict.fromkeys(task_ids) if t not in job.done_task_ids]
+            if job.state.terminal or not new:
                 return None
-            job.done_task_ids.append(task_id)
+            job.done_task_ids.extend(new)
             if reused:
-                job.reused_task_ids.append(task_id)
+                job.reused_task_ids.extend(new)
             elif job.state is JobState.QUEUED:
                 job.state = JobState.RUNNING
                 job.started_at = now()
@@ -457,7 +490,7 @@ class JobService:
         summary = JobSummary(
             zpe_ev=float(vib.zpe_ev),
             s_vib_jmol_k=float(vib.s_vib_jmol_k),
-            n_imaginary=sum(1 for m in vib.modes if m.imaginary),
+            n_imaginary=vib.n_imaginary,  # not counting rigid-body modes of a molecule
         )
 
         def change(job: Job) -> Job | None:
@@ -479,6 +512,8 @@ class JobService:
         """Re-queue expired leases (re-dispatching them) and fail exhausted tasks."""
         changed = self.store.expire_leases(self.settings.retry_policy)
         requeued = [task for task in changed if task.state is TaskState.QUEUED]
+        metrics.LEASE_EXPIRIES.inc(len(changed))
+        metrics.RETRIES.inc(len(requeued))
         for task in changed:
             if task.state is TaskState.FAILED:
                 self.task_failed(task)
@@ -487,33 +522,56 @@ class JobService:
         return len(changed)
 
     def recover(self) -> int:
-        """After a restart: re-dispatch queued tasks and finish jobs whose tasks all finished."""
-        pending: list[Task] = []
-        for task_id in self.store.all_task_ids():
-            found = self.store.get_task(task_id)
-            if found is None:
-                continue
-            task = found.value
-            if task.state is TaskState.QUEUED and self.has_active_subscriber(task):
-                self.store.mark_ready(task.task_id, task.ready_at)
-                pending.append(task)
-            elif task.state is TaskState.DONE:
-                for job_id in task.subscribers:
-                    job = self.store.get_job(job_id)
-                    if job is not None and not job.value.state.terminal:
-                        self._mark_task_done(job_id, task_id)
-            elif task.state is TaskState.FAILED:
-                self.task_failed(task)
+        """After a restart: re-dispatch every queued task and settle every active job."""
+        return self.reconcile(stale_after=0.0)
+
+    def reconcile(self, stale_after: float) -> int:
+        """Repair what a crash or a store outage left half-done; returns tasks re-dispatched.
+
+        For every active job: count tasks that finished but were not counted,
+        fail the job of a task that failed, finish a job whose tasks are all
+        done, and re-dispatch queued tasks that have waited for a worker more
+        than ``stale_after`` seconds since they were last dispatched (a
+        dispatch lost to a crash or an outage; duplicates are harmless since
+        workers claim through the store).
+        """
+        t = now()
+        pending: dict[str, Task] = {}
+        queued: set[str] = set()
         for job_id in self.store.all_job_ids():
-            job = self.store.get_job(job_id)
+            found_job = self.store.get_job(job_id)
+            if found_job is None or found_job.value.state.terminal:
+                continue
+            job = found_job.value
+            for task_id in {ref.task_id for ref in job.tasks} - set(job.done_task_ids):
+                found = self.store.get_task(task_id)
+                if found is None:
+                    continue
+                task = found.value
+                if task.state is TaskState.DONE:
+                    self._mark_task_done(job_id, task_id)
+                elif task.state is TaskState.FAILED:
+                    self.task_failed(task)
+                elif task.state is TaskState.QUEUED and task_id not in pending:
+                    queued.add(task_id)
+                    last = max(task.ready_at, self._last_dispatch.get(task_id, 0.0))
+                    if t - last >= stale_after:
+                        self.store.mark_ready(task_id, task.ready_at)
+                        pending[task_id] = task
+            refreshed = self.store.get_job(job_id)
             if (
-                job is not None
-                and not job.value.state.terminal
-                and job.value.done_tasks == job.value.total_tasks
+                refreshed is not None
+                and not refreshed.value.state.terminal
+                and refreshed.value.done_tasks == refreshed.value.total_tasks
             ):
                 self.finalize(job_id)
+        self._last_dispatch = {
+            task_id: at
+            for task_id, at in self._last_dispatch.items()
+            if task_id in queued or at >= t
+        }
         if pending:
-            self._dispatch(pending)
+            self._dispatch(list(pending.values()))
         return len(pending)
 
 

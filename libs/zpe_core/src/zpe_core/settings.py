@@ -7,12 +7,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from zpe_core.models import RetryPolicy
 
 ExecutionMode = Literal["inprocess", "cloud-tasks", "http-pull"]
+AuthMode = Literal["none", "api-keys"]
 
 
 def _default_store_url() -> str:
@@ -39,6 +40,7 @@ class Settings(BaseSettings):
     )
     scratch_dir: str | None = None
     task_timeout_seconds: float = 3600.0
+    mock_delay_seconds: float = Field(default=0.0, ge=0.0, le=600.0)
 
     # leases and retries
     lease_seconds: float = 120.0
@@ -54,9 +56,98 @@ class Settings(BaseSettings):
     max_artifact_bytes: int = 16 * 1024 * 1024
     list_page_max: int = 100
 
+    # Pull workers (http-pull mode: compute servers behind NAT, see docs/pull-workers.md)
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token of the admin endpoints; unset: they are closed."
+    )
+    enroll_token_ttl_seconds: float = Field(default=3600.0, gt=0.0)
+    worker_token_ttl_seconds: float = Field(default=7 * 24 * 3600.0, gt=0.0)
+    lease_poll_max_seconds: float = Field(default=20.0, ge=0.0, le=120.0)
+    max_result_bytes: int = Field(default=1024 * 1024, gt=0)
+    pull_concurrency: int = Field(default=1, ge=1, description="Tasks a pull worker runs at once.")
+
+    # Cloud Tasks push (cloud-tasks mode: the API enqueues, the worker service runs;
+    # see docs/cloud-tasks.md)
+    tasks_queue: str | None = Field(
+        default=None, description="Full queue path: projects/P/locations/L/queues/Q."
+    )
+    worker_url: str | None = Field(
+        default=None, description="Base URL of the worker service (tasks POST to /internal/...)."
+    )
+    worker_audience: str | None = Field(
+        default=None, description="OIDC audience of push requests (usually the worker URL)."
+    )
+    tasks_invoker_email: str | None = Field(
+        default=None, description="Service account whose OIDC token push requests must carry."
+    )
+    tasks_max_attempts: int = Field(
+        default=5, ge=1, description="The queue's max attempts (the last delivery gives up)."
+    )
+    tasks_emulator_host: str | None = Field(
+        default=None, description="host:port of a Cloud Tasks emulator (insecure gRPC, no OIDC)."
+    )
+    push_shared_secret: SecretStr | None = Field(
+        default=None,
+        description="Only if set: push requests may authenticate with X-ZPE-Push-Secret "
+        "(emulator and local runs, which carry no OIDC token).",
+    )
+    oidc_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
+    redispatch_after_seconds: float = Field(
+        default=900.0, gt=0.0, description="Re-dispatch a task left queued this long."
+    )
+    worker_shutdown_grace_seconds: float = Field(
+        default=8.0, ge=0.0, description="On SIGTERM, wait this long for running tasks."
+    )
+
+    # Performance (issue 8: warm starts; see docs/benchmarks.md). Warm starts never
+    # enter task keys: a converged SCF does not depend on its starting point beyond
+    # conv_thr, so a warm and a cold result of one key agree within tolerance.
+    warm_start: bool = Field(
+        default=True,
+        description="Start displaced pw.x SCFs from the reference point's converged charge "
+        "density (and wavefunctions at Gamma) when this machine computed the reference.",
+    )
+    warm_start_dir: str | None = Field(
+        default=None,
+        description="Local cache of reference outdirs; default <scratch_dir or tmp>/zpe-warm.",
+    )
+    warm_start_cache_entries: int = Field(
+        default=8, ge=1, description="Reference outdirs kept in the local cache (LRU)."
+    )
+
     # API
     api_url: str = "http://127.0.0.1:8000"
     poll_retry_after_seconds: int = 2
+
+    # Users, limits, observability (issue 9; see docs/security.md)
+    auth_mode: AuthMode = Field(
+        default="none",
+        description="'none': callers without credentials are the one user 'anonymous' "
+        "(embedded single-user default); 'api-keys': a bearer API key (or the trusted "
+        "identity header) is required on the user API.",
+    )
+    trusted_identity_header: str | None = Field(
+        default=None,
+        description="Header set by a fronting proxy that names the caller, e.g. "
+        "X-Goog-Authenticated-User-Email. Off when unset: never trust it otherwise.",
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="The CLI's bearer API key (ZPE_API_KEY); unused by servers."
+    )
+    max_active_jobs_per_owner: int = Field(
+        default=100, ge=0, description="Jobs queued or running per owner; 0: no limit (429)."
+    )
+    active_jobs_retry_after_seconds: int = Field(default=30, ge=1)
+    poll_rate_per_second: float = Field(
+        default=50.0, ge=0.0, description="Job-status polls per owner (or IP); 0: no limit."
+    )
+    poll_burst: int = Field(default=300, ge=1, description="Polls allowed in a burst.")
+    metrics_scan_limit: int = Field(
+        default=10_000, ge=0, description="Jobs / ready markers read per /metrics scrape (cap)."
+    )
+    metrics_cache_seconds: float = Field(
+        default=5.0, ge=0.0, description="A scrape reuses the store scan this long."
+    )
 
     @property
     def retry_policy(self) -> RetryPolicy:

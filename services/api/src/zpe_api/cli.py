@@ -41,7 +41,9 @@ def _check(response: httpx.Response) -> Any:
 
 
 def _client(args: argparse.Namespace) -> httpx.Client:
-    return httpx.Client(base_url=_api_url(args), timeout=30.0)
+    key = getattr(args, "api_key", None) or os.environ.get("ZPE_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=_api_url(args), timeout=30.0, headers=headers)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -99,6 +101,9 @@ def _follow(client: httpx.Client, job_id: str, *, timeout: float) -> dict[str, A
     while True:
         headers = {"If-None-Match": etag} if etag else {}
         response = client.get(f"/calc/zpe/jobs/{job_id}", headers=headers)
+        if response.status_code == 429:  # polling too fast: wait as told
+            time.sleep(min(30.0, float(response.headers.get("Retry-After", "5"))))
+            continue
         if response.status_code != 304:
             status = _check(response)
             etag = response.headers.get("ETag")
@@ -158,6 +163,7 @@ def cmd_result(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zpe", description=__doc__.splitlines()[0])
     parser.add_argument("--api", help="API base URL (default: $ZPE_API_URL or 127.0.0.1:8000)")
+    parser.add_argument("--api-key", help="bearer API key (default: $ZPE_API_KEY)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the API on the current settings")

@@ -14,8 +14,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 
-from zpe_api.problems import install_problem_handlers, problem
-from zpe_api.routers import health, jobs
+from zpe_api.observability import install_observability
+from zpe_api.problems import install_problem_handlers, problem, problem_responses
+from zpe_api.routers import admin, api_keys, calc, compute, health, jobs, metrics, ui
 from zpe_core import __version__
 from zpe_core.dispatch import InProcessDispatcher, JobDispatcher, PullDispatcher
 from zpe_core.errors import ConfigurationError, ZpeError
@@ -35,6 +36,11 @@ def build_dispatcher(settings: Settings, service: JobService, store: JobStore) -
         )
     if settings.execution_mode == "http-pull":
         return PullDispatcher()
+    if settings.execution_mode == "cloud-tasks":
+        # Imported here: only this mode loads gRPC and the Cloud Tasks client.
+        from zpe_core.dispatch.cloud_tasks import CloudTasksDispatcher
+
+        return CloudTasksDispatcher(settings, service=service)
     raise ConfigurationError(
         f"ZPE_EXECUTION_MODE={settings.execution_mode} is not available in this build"
     )
@@ -63,7 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dispatcher = build_dispatcher(settings, service, store)
         service.dispatcher = dispatcher
         dispatcher.start()
-        reaper = Reaper(service, settings.reaper_interval_seconds)
+        reaper = Reaper(
+            service, settings.reaper_interval_seconds, settings.redispatch_after_seconds
+        )
         reaper.start()
         app.state.settings = settings
         app.state.store = store
@@ -105,6 +113,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         return await call_next(request)
 
+    install_observability(app, settings)  # request ids (outermost), poll limiter, secrets
     app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(api_keys.router)
     app.include_router(jobs.router)
+    # Problem answers every worker/admin/calc route may give, declared in the OpenAPI
+    # (the fuzz suite checks every status received is documented).
+    worker_admin = problem_responses(400, 401, 403, 404, 409, 413, 422, 503)
+    app.include_router(compute.router, responses=worker_admin)
+    app.include_router(admin.router, responses=worker_admin)
+    app.include_router(calc.router, responses=problem_responses(400, 413, 422))
+    app.include_router(ui.router)
+    ui.mount_assets(app)
     return app

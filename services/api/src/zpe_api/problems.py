@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zpe_core.errors import (
     ArtifactTooLarge,
     ConfigurationError,
+    Forbidden,
     InputError,
     InputTooLarge,
     NotFound,
     StateConflict,
     StoreUnavailable,
+    SwitchedOff,
+    TooManyRequests,
+    Unauthorized,
     ZpeError,
 )
+from zpe_core.logs import REQUEST_ID_HEADER, current_request_id, redact
 
 log = logging.getLogger("zpe.api")
 
@@ -31,8 +38,12 @@ _STATUS: list[tuple[type[ZpeError], int]] = [
     (NotFound, 404),
     (StateConflict, 409),
     (StoreUnavailable, 503),
+    (SwitchedOff, 503),
+    (Unauthorized, 401),
+    (Forbidden, 403),
     (ArtifactTooLarge, 507),
     (ConfigurationError, 500),
+    (TooManyRequests, 429),
 ]
 
 
@@ -57,7 +68,49 @@ def problem(
     if instance:
         body["instance"] = instance
     body.update({k: v for k, v in extra.items() if v is not None})
+    body["detail"] = redact(str(body["detail"]))  # never echo a credential
+    request_id = current_request_id()
+    if request_id:  # also on answers built outside the request middleware (500s)
+        headers = {**(headers or {}), REQUEST_ID_HEADER: request_id}
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, as every error answer of this API."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str = Field(description="Stable machine-readable error code.")
+    instance: str | None = None
+
+
+_DESCRIPTIONS = {
+    400: "Malformed request (e.g. a body that is not JSON)",
+    401: "Missing, forged or revoked credentials",
+    403: "Not allowed, or the endpoint is closed",
+    404: "Not found (or not the caller's)",
+    409: "Conflicts with the current state",
+    413: "Request or input too large",
+    422: "Invalid request or input",
+    429: "Too many requests: see Retry-After",
+    503: "Store unavailable or switched off: see Retry-After",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: the problem statuses it may answer, in the OpenAPI."""
+    return {
+        status: {
+            "model": Problem,
+            "description": _DESCRIPTIONS.get(status, "Error"),
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }
 
 
 def status_for(exc: ZpeError) -> int:
@@ -74,6 +127,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def zpe_error(request: Request, exc: ZpeError) -> JSONResponse:
         status = status_for(exc)
         headers = {"Retry-After": "5"} if status == 503 else None
+        if isinstance(exc, TooManyRequests):
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+        if status == 401:
+            headers = {"WWW-Authenticate": 'Bearer realm="zpe"'}
         if status >= 500:
             log.error("request failed", extra={"code": exc.code, "path": request.url.path})
         return problem(

@@ -11,6 +11,7 @@ import argparse
 import os
 import socket
 import sys
+from pathlib import Path
 
 from zpe_core.logs import configure_logging
 from zpe_core.runner import Outcome, run_task
@@ -31,6 +32,96 @@ def cmd_run_task(args: argparse.Namespace) -> int:
     return 0 if outcome in (Outcome.COMMITTED, Outcome.SKIPPED, Outcome.ABANDONED) else 1
 
 
+def _enroll_token(args: argparse.Namespace) -> str | None:
+    token: str | None = args.enroll_token or os.environ.get("ZPE_ENROLL_TOKEN")
+    return token
+
+
+def _enroll_from_args(args: argparse.Namespace, settings: Settings, token: str) -> None:
+    from zpe_worker.pull import enroll, local_capabilities
+
+    engines = args.engines.split(",") if args.engines else settings.engines
+    concurrency = args.concurrency or settings.pull_concurrency
+    enroll(
+        args.api or settings.api_url,
+        token,
+        name=args.name or socket.gethostname().split(".")[0],
+        token_file=Path(args.token_file),
+        capabilities=local_capabilities(settings, engines, concurrency),
+        targets=args.targets.split(",") if args.targets else None,
+    )
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from zpe_worker.pull import ApiError
+
+    token = _enroll_token(args)
+    if not token:
+        print("an enroll token is required (--enroll-token or ZPE_ENROLL_TOKEN)", file=sys.stderr)
+        return 2
+    try:
+        _enroll_from_args(args, Settings(), token)
+    except (ApiError, OSError) as exc:
+        print(f"enrollment failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"enrolled; worker token saved to {args.token_file}")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from zpe_worker.pull import ApiError, PullWorker
+
+    settings = Settings()
+    token_file = Path(args.token_file)
+    if not token_file.exists():
+        token = _enroll_token(args)
+        if not token:
+            print(
+                f"{token_file} does not exist: enroll first (--enroll-token or ZPE_ENROLL_TOKEN)",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            _enroll_from_args(args, settings, token)
+        except (ApiError, OSError) as exc:
+            print(f"enrollment failed: {exc}", file=sys.stderr)
+            return 1
+    worker = PullWorker(
+        token_file,
+        settings,
+        api=args.api,
+        engines=args.engines.split(",") if args.engines else None,
+        concurrency=args.concurrency,
+        max_tasks=1 if args.once else args.max_tasks,
+        poll_wait_seconds=args.poll_wait,
+        idle_max_seconds=args.idle_max,
+        grace_seconds=args.grace,
+    )
+    worker.install_signal_handlers()
+    return worker.run(once=args.once)
+
+
+def _add_pull_options(parser: argparse.ArgumentParser) -> None:
+    from zpe_worker.pull import default_token_file
+
+    parser.add_argument("--api", help="API base URL (default: ZPE_API_URL, or the token file's)")
+    parser.add_argument(
+        "--token-file", default=str(default_token_file()), help="worker token file (0600)"
+    )
+    parser.add_argument("--enroll-token", help="single-use enroll token (or ZPE_ENROLL_TOKEN)")
+    parser.add_argument("--name", help="server name (default: the host name)")
+    parser.add_argument("--targets", help="comma-separated targets (default: the token's)")
+    parser.add_argument("--engines", help="engines to offer (default: ZPE_ALLOWED_ENGINES)")
+    parser.add_argument("--concurrency", type=int, help="tasks at once (ZPE_PULL_CONCURRENCY)")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from zpe_worker.serve import serve
+
+    serve(args.host, args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zpe-worker", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +129,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("task_id")
     run.add_argument("--worker-id", default=default_worker_id())
     run.set_defaults(func=cmd_run_task)
+    enroll = sub.add_parser("enroll", help="register this server with an enroll token")
+    _add_pull_options(enroll)
+    enroll.set_defaults(func=cmd_enroll)
+    pull = sub.add_parser("pull", help="lease and run tasks from the API (behind NAT)")
+    _add_pull_options(pull)
+    pull.add_argument("--once", action="store_true", help="run at most one task, then exit")
+    pull.add_argument("--max-tasks", type=int, help="exit after this many tasks")
+    pull.add_argument("--poll-wait", type=float, default=20.0, help="lease long-poll seconds")
+    pull.add_argument("--idle-max", type=float, default=5.0, help="max pause between empty polls")
+    pull.add_argument(
+        "--grace", type=float, default=60.0, help="on SIGTERM, seconds to finish before release"
+    )
+    pull.set_defaults(func=cmd_pull)
+    push = sub.add_parser("serve", help="serve the push endpoint (Cloud Tasks, Cloud Run)")
+    push.add_argument("--host", default="0.0.0.0")
+    push.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+    push.set_defaults(func=cmd_serve)
     return parser
 
 

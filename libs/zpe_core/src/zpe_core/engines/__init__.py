@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from zpe_core.engines.base import Engine
 from zpe_core.errors import ConfigurationError
 from zpe_core.settings import Settings
@@ -20,16 +22,25 @@ def get_engine(name: str, settings: Settings) -> Engine:
     if name == "mock":
         from zpe_core.engines.mock import MockEngine
 
-        return MockEngine()
+        return MockEngine(delay_seconds=settings.mock_delay_seconds)
     if name == "qe":
         # Imported here so processes that never run pw.x do not load ASE's calculator stack.
-        from zpe_core.engines.qe import QeEngine
+        from zpe_core.engines.qe import QeEngine, WarmStartCache, default_warm_start_dir
 
+        warm_start_cache = None
+        if settings.warm_start:
+            warm_start_cache = WarmStartCache(
+                Path(settings.warm_start_dir)
+                if settings.warm_start_dir
+                else default_warm_start_dir(settings.scratch_dir),
+                settings.warm_start_cache_entries,
+            )
         return QeEngine(
             pw_command=settings.pw_command,
             pseudo_dir=settings.pseudo_dir,
             timeout_seconds=settings.task_timeout_seconds,
             version=settings.qe_version,
+            warm_start_cache=warm_start_cache,
         )
     raise ConfigurationError(
         f"unknown engine {name!r}; known engines: {', '.join(ENGINE_NAMES)}",

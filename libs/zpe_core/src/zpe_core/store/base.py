@@ -21,6 +21,7 @@ A backend may override a typed operation for speed, never for semantics.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import random
@@ -28,7 +29,7 @@ import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -41,6 +42,7 @@ from zpe_core.errors import (
     StoreConflict,
     StoreUnavailable,
 )
+from zpe_core.metrics import count_store_error
 from zpe_core.models import (
     AttemptRecord,
     ErrorInfo,
@@ -79,6 +81,14 @@ class JobStore(ABC):
 
     #: True when separate processes opening the same URL see the same data.
     shared_across_processes: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Count ``StoreUnavailable`` of every backend's primitives (``zpe_store_errors_total``)."""
+        super().__init_subclass__(**kwargs)
+        for name in _PRIMITIVES:
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "_counts_store_errors", False):
+                setattr(cls, name, _counting_store_errors(name.lstrip("_"), method))
 
     def __init__(self, *, max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES):
         self.max_artifact_bytes = max_artifact_bytes
@@ -309,6 +319,33 @@ class JobStore(ABC):
                 return task
         return None
 
+    def queued_before(self, before: float, *, limit: int = 500) -> list[Task]:
+        """Queued tasks that were due before ``before``, oldest first (for reconcilers).
+
+        Walks the ready markers and removes, on the way, those of tasks that are
+        no longer queued or were re-queued since (markers are hints).
+        """
+        horizon = f"queue/{_ms(before)}~"
+        out: list[Task] = []
+        start: str | None = None
+        while len(out) < limit:
+            page = self._list("queue/", start_after=start, limit=200)
+            for marker in page:
+                if marker > horizon or len(out) >= limit:
+                    return out
+                task_id = marker.rsplit("-", 1)[-1]
+                found = self.get_task(task_id)
+                if found is None or found.value.state is not TaskState.QUEUED:
+                    self._delete(marker)
+                elif marker < f"queue/{_ms(found.value.ready_at)}":
+                    self._delete(marker)  # superseded: a newer marker exists
+                elif found.value.ready_at < before:
+                    out.append(found.value)
+            if len(page) < 200:
+                return out
+            start = page[-1]
+        return out
+
     def heartbeat(self, task_id: str, epoch: int, lease_seconds: float) -> Task:
         """Extend a live lease; raises ``StaleLease`` if ``epoch`` is not current."""
 
@@ -531,6 +568,26 @@ class JobStore(ABC):
             if len(page) < 1000:
                 return keys
             start = page[-1]
+
+
+_PRIMITIVES = ("_create", "_read", "_swap", "_delete", "_list", "_put_blob", "_get_blob", "ping")
+
+
+def _counting_store_errors(operation: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a store primitive so each ``StoreUnavailable`` it raises is counted once."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except StoreUnavailable as exc:
+            if not getattr(exc, "_zpe_counted", False):
+                exc._zpe_counted = True  # type: ignore[attr-defined]
+                count_store_error(operation)
+            raise
+
+    wrapper._counts_store_errors = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 def _safe_id(value: str) -> bool:

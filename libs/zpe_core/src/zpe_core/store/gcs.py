@@ -24,12 +24,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import google.cloud.storage as storage  # not "from google.cloud import": mypy + tasks_v2
 import requests
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.auth.credentials import AnonymousCredentials
 from google.auth.exceptions import GoogleAuthError
-from google.cloud import storage
 
 from zpe_core.errors import AlreadyExists, ConfigurationError, StoreConflict, StoreUnavailable
 from zpe_core.store.base import JobStore

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
 
-from zpe_api.deps import OwnerDep, ServiceDep, SettingsDep
+from zpe_api.deps import (
+    OwnerDep,
+    ServiceDep,
+    SettingsDep,
+    poll_limit,
+    require_submission_enabled,
+)
+from zpe_api.problems import problem_responses
 from zpe_api.schemas import JobCreated, JobList, JobStatus, TaskStates, job_links
 from zpe_core.artifacts import ARTIFACT_MEDIA_TYPES
 from zpe_core.errors import InputError
+from zpe_core.limits import check_active_jobs
 from zpe_core.models import JobRequest, now
 
-router = APIRouter(prefix="/calc/zpe", tags=["jobs"])
+router = APIRouter(
+    prefix="/calc/zpe", tags=["jobs"], responses=problem_responses(400, 401, 422, 503)
+)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -21,15 +31,32 @@ IdempotencyKey = Annotated[
 ]
 
 
-@router.post("/jobs", status_code=201, response_model=JobCreated)
+@router.post(
+    "/jobs",
+    status_code=201,
+    response_model=JobCreated,
+    dependencies=[Depends(require_submission_enabled)],
+    responses={
+        200: {"model": JobCreated, "description": "An idempotent repeat: the first job"},
+        **problem_responses(409, 413, 429),
+    },
+)
 def submit_job(
     body: JobRequest,
     service: ServiceDep,
     owner: OwnerDep,
+    settings: SettingsDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> JobCreated:
-    """Submit a pw.x input; answers 201 with the job id (200 for an idempotent repeat)."""
+    """Submit a pw.x input; answers 201 with the job id (200 for an idempotent repeat);
+    429 with ``Retry-After`` while the caller has too many jobs queued or running."""
+    check_active_jobs(
+        service.store,
+        owner,
+        settings.max_active_jobs_per_owner,
+        settings.active_jobs_retry_after_seconds,
+    )
     job, created = service.submit(body, owner=owner, idempotency_key=idempotency_key)
     response.headers["Location"] = f"/calc/zpe/jobs/{job.job_id}"
     if not created:
@@ -60,7 +87,11 @@ def list_jobs(
 @router.get(
     "/jobs/{job_id}",
     response_model=JobStatus,
-    responses={304: {"description": "Not modified since the ETag given in If-None-Match"}},
+    dependencies=[Depends(poll_limit)],
+    responses={
+        304: {"description": "Not modified since the ETag given in If-None-Match"},
+        **problem_responses(404, 429),
+    },
 )
 def get_job(
     job_id: str,
@@ -82,20 +113,20 @@ def get_job(
     return JSONResponse(status.model_dump(mode="json"), headers=headers)
 
 
-@router.get("/jobs/{job_id}/tasks", response_model=TaskStates)
+@router.get("/jobs/{job_id}/tasks", response_model=TaskStates, responses=problem_responses(404))
 def get_task_states(job_id: str, service: ServiceDep, owner: OwnerDep) -> TaskStates:
     """How many of the job's tasks are in each state (costlier than the status)."""
     job, _ = service.get_job(job_id, owner=owner)
     return TaskStates(job_id=job_id, states=service.task_states(job))
 
 
-@router.get("/jobs/{job_id}/result")
+@router.get("/jobs/{job_id}/result", responses=problem_responses(404, 409))
 def get_result(job_id: str, service: ServiceDep, owner: OwnerDep) -> dict[str, Any]:
     """The result document; 409 until the job is done."""
     return service.get_result(job_id, owner=owner)
 
 
-@router.get("/jobs/{job_id}/files")
+@router.get("/jobs/{job_id}/files", responses=problem_responses(404, 409))
 def get_file(
     job_id: str,
     service: ServiceDep,
@@ -112,7 +143,9 @@ def get_file(
     )
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobStatus)
+@router.post(
+    "/jobs/{job_id}/cancel", response_model=JobStatus, responses=problem_responses(404, 409)
+)
 def cancel_job(job_id: str, service: ServiceDep, owner: OwnerDep) -> JobStatus:
     """Cancel a queued or running job; 409 if it already ended."""
     job = service.cancel(job_id, owner=owner)
