@@ -25,12 +25,15 @@ from zpe_core.artifacts import (
     render_summary,
 )
 from zpe_core.dispatch.base import DispatchError, JobDispatcher
+from zpe_core.engines.base import MOCK_VERSION
 from zpe_core.errors import (
     AlreadyExists,
+    ConfigurationError,
     ErrorSource,
     InputError,
     NotFound,
     StateConflict,
+    StoreUnavailable,
     ZpeError,
 )
 from zpe_core.models import (
@@ -76,8 +79,17 @@ class JobService:
     def engine_version(self, engine: str) -> str:
         """The version that goes into task keys for ``engine``."""
         if engine not in self._engine_versions:
-            if engine == "qe" and self.settings.qe_version:
+            if engine == "mock":
+                self._engine_versions[engine] = MOCK_VERSION
+            elif engine == "qe" and self.settings.qe_version:
                 self._engine_versions[engine] = self.settings.qe_version
+            elif self.settings.execution_mode != "inprocess":
+                # The control plane of a split deployment never runs (or imports) an engine.
+                raise ConfigurationError(
+                    f"set ZPE_QE_VERSION (e.g. qe-7.2, what the workers' pw.x reports) to "
+                    f"offer the {engine!r} engine in {self.settings.execution_mode} mode",
+                    code="engine_version_unset",
+                )
             else:
                 from zpe_core.engines import get_engine
 
@@ -116,6 +128,7 @@ class JobService:
         engine, plan = self.plan(request)
         fingerprint = request_fingerprint(request)
         job_id = new_job_id()
+        adopted = False
         if idempotency_key is not None:
             existing = self.store.claim_idempotency_key(owner, idempotency_key, fingerprint, job_id)
             if existing is not None:
@@ -127,12 +140,15 @@ class JobService:
                     )
                 found = self.store.get_job(existing_id)
                 if found is not None:
+                    if not found.value.state.terminal:
+                        # The first request may have been cut (store outage, crash) after
+                        # creating the job but before creating all its tasks: finish it.
+                        self._attach(found.value, plan, repair=True)
                     return found.value, False
-                # The first request bound the key but died before creating its job.
-                raise StateConflict(
-                    "a request with this Idempotency-Key is still being processed; retry",
-                    code="idempotency_in_progress",
-                )
+                # The first request bound the key but was cut before creating its job:
+                # create it under the bound id (create never overwrites, so a first
+                # request still running and this one end with one job).
+                job_id, adopted = existing_id, True
         job = Job(
             job_id=job_id,
             owner=owner,
@@ -145,11 +161,36 @@ class JobService:
         )
         try:
             self.store.create_job(job)
+        except AlreadyExists:
+            if not adopted:
+                raise
+            # The first request created it meanwhile: finish and answer it like a repeat.
+            raced = self.store.get_job(job_id)
+            assert raced is not None
+            self._attach(raced.value, plan, repair=True)
+            return raced.value, False
+        except StoreUnavailable:
+            # Keep the key bound: the write may have happened with its answer lost, and a
+            # retry with the key adopts the bound id either way (never two jobs).
+            raise
         except BaseException:
             if idempotency_key is not None:
                 self.store.release_idempotency_key(owner, idempotency_key)
             raise
         log.info("job submitted", extra={"job_id": job_id, "tasks": job.total_tasks})
+        self._attach(job, plan)
+        found = self.store.get_job(job_id)
+        assert found is not None
+        return found.value, True
+
+    def _attach(self, job: Job, plan: Plan, *, repair: bool = False) -> None:
+        """Create or subscribe to the job's tasks, count reused ones, dispatch the rest.
+
+        Idempotent. ``repair``: a cut submission is being finished, so queued tasks also
+        get their ready marker again (the cut may have fallen between a task and its
+        marker, and workers find tasks through markers).
+        """
+        target = job.request.target or DEFAULT_TARGET
         to_dispatch: list[Task] = []
         reused: list[str] = []
         seen: set[str] = set()
@@ -157,21 +198,18 @@ class JobService:
             if planned.task_id in seen:
                 continue
             seen.add(planned.task_id)
-            task, needs_dispatch = self._subscribe(
-                planned, job_id, request.target or DEFAULT_TARGET
-            )
+            task, needs_dispatch = self._subscribe(planned, job.job_id, target)
             if task.state is TaskState.DONE:
                 reused.append(task.task_id)
             elif needs_dispatch:
+                if repair and task.state is TaskState.QUEUED:
+                    self.store.mark_ready(task.task_id, task.ready_at)
                 to_dispatch.append(task)
         if reused:
             # One compare-and-swap for every reused task (a resubmitted job: one write).
-            self._mark_tasks_done(job_id, reused, reused=True)
+            self._mark_tasks_done(job.job_id, reused, reused=True)
         if to_dispatch:
             self._dispatch(to_dispatch)
-        found = self.store.get_job(job_id)
-        assert found is not None
-        return found.value, True
 
     def _subscribe(self, planned: PlannedTask, job_id: str, target: str) -> tuple[Task, bool]:
         """Create the task, or add the job to an existing one. Returns ``(task, dispatch?)``."""
@@ -546,7 +584,11 @@ class JobService:
             for task_id in {ref.task_id for ref in job.tasks} - set(job.done_task_ids):
                 found = self.store.get_task(task_id)
                 if found is None:
-                    continue
+                    # Its submission was cut before creating every task: create them now.
+                    self._repair_tasks(job)
+                    found = self.store.get_task(task_id)
+                    if found is None:
+                        continue
                 task = found.value
                 if task.state is TaskState.DONE:
                     self._mark_task_done(job_id, task_id)
@@ -573,6 +615,28 @@ class JobService:
         if pending:
             self._dispatch(list(pending.values()))
         return len(pending)
+
+    def _repair_tasks(self, job: Job) -> None:
+        """Create the tasks of a job whose submission was cut by an outage or a crash."""
+        try:
+            _, plan = self.plan(job.request)
+        except ZpeError as exc:
+            self.fail_job(job.job_id, ErrorInfo.from_exc(exc))
+            return
+        if {ref.task_id for ref in plan.refs} != {ref.task_id for ref in job.tasks}:
+            # The engine version moved since (task keys include it): cannot rebuild.
+            self.fail_job(
+                job.job_id,
+                ErrorInfo(
+                    code="tasks_missing",
+                    message="the job's submission was interrupted and its tasks cannot be "
+                    "rebuilt (the engine version changed); submit it again",
+                    source=ErrorSource.INTERNAL,
+                ),
+            )
+            return
+        log.warning("re-creating the tasks of a cut submission", extra={"job_id": job.job_id})
+        self._attach(job, plan, repair=True)
 
 
 def _atoms_with_input_masses(job: Job, settings: Settings) -> Atoms:

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from zpe_core.models import TaskResult, TaskSpec
 
+MOCK_VERSION = "mock-1"
+"""The mock engine's version; here so the control plane knows it without importing it."""
+
 
 class Engine(ABC):
     """Computes one point. Implementations raise ``EngineError`` on failure,
