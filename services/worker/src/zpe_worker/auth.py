@@ -90,6 +90,12 @@ class CachingRequest(google.auth.transport.Request):
         return response
 
 
+def _invalid(exc: Exception, token: str) -> str:
+    """Why a token was refused, without the token itself (google-auth quotes a malformed
+    one, and it may be some other credential sent here by mistake)."""
+    return "invalid ID token: " + str(exc).replace(token, "[redacted]")
+
+
 class PushAuthenticator:
     """Decides whether a push request may run a task."""
 
@@ -133,13 +139,13 @@ class PushAuthenticator:
             claims = self._decode(token)
         except ValueError as exc:
             if "not found" not in str(exc) or not self._may_refetch():
-                raise AuthError(401, "invalid_token", f"invalid ID token: {exc}") from exc
+                raise AuthError(401, "invalid_token", _invalid(exc, token)) from exc
             # A key id we do not know: Google may have rotated its keys. Refetch once.
             self._request.invalidate()
             try:
                 claims = self._decode(token)
             except ValueError as again:
-                raise AuthError(401, "invalid_token", f"invalid ID token: {again}") from again
+                raise AuthError(401, "invalid_token", _invalid(again, token)) from again
         except auth_exceptions.GoogleAuthError as exc:  # certificates unreachable: retry later
             raise AuthError(503, "auth_unavailable", f"cannot verify ID tokens: {exc}") from exc
         if claims.get("iss") not in GOOGLE_ISSUERS:
