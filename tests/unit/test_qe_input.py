@@ -599,3 +599,15 @@ def test_select_mobile_all_fixed() -> None:
         select_mobile(parsed, None, max_mobile=10)
     assert info.value.code == "mobile_empty"
     assert "every atom is fixed" in info.value.message
+
+
+def test_spin_polarised_inputs_are_refused_not_computed_wrongly() -> None:
+    from zpe_core.errors import InputError
+
+    text = (SAMPLES / "h2_zpe.in").read_text()
+    for extra in ("nspin = 2", "noncolin = .true.", "starting_magnetization(1) = 0.5"):
+        magnetic = text.replace("ntyp    = 1", f"ntyp    = 1\n  {extra}")
+        with pytest.raises(InputError) as info:
+            parse_qe_input(magnetic)
+        assert info.value.code == "spin_polarized_unsupported", extra
+    parse_qe_input(text.replace("ntyp    = 1", "ntyp    = 1\n  nspin = 1"))  # still fine

@@ -109,6 +109,7 @@ def parse_qe_input(text: str, *, max_bytes: int = MAX_INPUT_BYTES_DEFAULT) -> Pa
     nat = _int_key(system, "nat", minimum=1)
     ntyp = _int_key(system, "ntyp", minimum=1)
     _check_ecut(system)
+    _check_not_magnetic(system)
 
     cards = _split_cards(card_lines)
     species_card = _require_card(cards, "ATOMIC_SPECIES")
@@ -365,6 +366,28 @@ def _int_key(system: Mapping[str, Any], key: str, *, minimum: int | None) -> int
             f"&SYSTEM {key} must be at least {minimum}, got {value}", code="bad_namelist"
         )
     return value
+
+
+def _check_not_magnetic(system: Mapping[str, Any]) -> None:
+    """Refuse spin-polarised inputs rather than compute them wrongly.
+
+    ASE's ``espresso-in`` writer (3.29) rewrites ``starting_magnetization(i)``
+    from the atoms' initial magnetic moments and renumbers species, so a
+    magnetic input would silently run from zero magnetisation.
+    """
+    keys = {key.lower(): value for key, value in system.items()}
+    magnetic = (
+        keys.get("nspin", 1) not in (1, None)
+        or keys.get("noncolin") is True
+        or keys.get("lspinorb") is True
+        or any(key.startswith("starting_magnetization") and value for key, value in keys.items())
+    )
+    if magnetic:
+        raise InputError(
+            "spin-polarised inputs (nspin = 2, noncolin, lspinorb, starting_magnetization) "
+            "are not supported yet; remove them for a closed-shell calculation",
+            code="spin_polarized_unsupported",
+        )
 
 
 def _check_ecut(system: Mapping[str, Any]) -> None:
