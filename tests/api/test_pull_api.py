@@ -600,3 +600,39 @@ def test_switches_drain_and_stop_submissions_durably(tmp_path: Path) -> None:
         assert server.run_all() == 12
         assert wait_for(client, job_id)["state"] == "done"
         assert len(client.get("/calc/zpe/admin/switches", headers=admin()).json()["audit"]) == 4
+
+
+def test_result_post_cut_after_commit_is_repaired_by_the_retry(client: TestClient) -> None:
+    """Found by the chaos suite's outage: the store went down after the result was
+    committed but before the job counted it. The worker's retry (same event id) was
+    answered 409 'lease lost' and the job waited for the next full reconcile (15 min by
+    default); now the retry advances the job, committing nothing twice."""
+    from zpe_core.errors import StoreUnavailable
+
+    job_id = submit(client, "h2_zpe.in", mobile=[0], delta=0.0127)
+    server = Server(client)
+    store = client.app.state.store  # type: ignore[attr-defined]
+    grant = server.lease()
+    assert grant is not None
+    computed = server.compute(grant)
+    original = store.mutate_job
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("redis store unavailable (test)")
+
+    store.mutate_job = down  # the outage starts right after the task's commit
+    try:
+        cut = server.result(grant, computed, event="evt-cut-000001")
+    finally:
+        store.mutate_job = original
+    assert cut.status_code == 503, cut.text
+    assert task_of(client, grant["task_id"]).state.value == "done"
+    assert grant["task_id"] not in store.get_job(job_id).value.done_task_ids
+    retry = server.result(grant, computed, event="evt-cut-000001")
+    assert retry.status_code == 200, retry.text
+    assert retry.json() == {"task_id": grant["task_id"], "state": "done", "committed": False}
+    assert grant["task_id"] in store.get_job(job_id).value.done_task_ids
+    history = task_of(client, grant["task_id"]).history
+    assert [a.outcome for a in history] == ["done"]  # committed once
+    server.run_all()
+    assert wait_for(client, job_id)["state"] == "done"

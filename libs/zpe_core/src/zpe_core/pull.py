@@ -199,6 +199,12 @@ class PullCoordinator:
         payload["result"] = result.model_dump(mode="json")
 
         def act() -> dict[str, Any]:
+            current = self.store.get_task(task_id)
+            if current is not None and _committed_by(current.value, server, epoch):
+                # A retry after an outage cut the first call between committing and
+                # advancing the jobs: advance them now (idempotent), commit nothing.
+                self.service.task_succeeded(current.value)
+                return {"task_id": task_id, "state": "done", "committed": False}
             self._held(server, task_id, epoch, lease_id)
             task, committed = self.store.commit_result(task_id, epoch, result)
             self.registry.count_outcome(server.server_id, task_id, done=True)
@@ -395,6 +401,16 @@ class PullCoordinator:
         log.info("dead letter re-queued", extra={"task_id": task_id, "jobs": resubmitted})
         again = self.store.get_task(task_id)
         return (again.value if again else task), resubmitted
+
+
+def _committed_by(task: Task, server: ComputeServer, epoch: int) -> bool:
+    """``task`` is done with the result ``server`` committed under lease ``epoch``."""
+    return (
+        task.state is TaskState.DONE
+        and task.epoch == epoch
+        and task.result is not None
+        and task.result.worker_id == server.server_id
+    )
 
 
 def _replay(record: EventRecord) -> dict[str, Any]:

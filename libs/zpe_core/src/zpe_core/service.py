@@ -220,6 +220,9 @@ class JobService:
                     spec=planned.spec,
                     subscribers=[job_id],
                     targets=[target],
+                    # Due now, not at 0: ready markers sort by this time, and a marker at
+                    # 0 would put every new task ahead of retries forever (starvation).
+                    ready_at=now(),
                 )
             )
             return created.value, True

@@ -79,6 +79,17 @@ def _error_of(response: httpx.Response) -> ApiError:
     return cls(response.status_code, code, message)
 
 
+def _in_progress(response: httpx.Response | None) -> bool:
+    """A 409 ``event_in_progress``: the API still holds our earlier try of this event (cut
+    by an outage; it expires), so the post is retried rather than taken as a lost lease."""
+    if response is None:
+        return False
+    try:
+        return bool(response.json().get("code") == "event_in_progress")
+    except ValueError:
+        return False
+
+
 # ---------------------------------------------------------------------- credentials
 
 
@@ -529,7 +540,7 @@ class PullWorker:
                 log.warning("report failed", extra={"task_id": task_id, "error": str(exc)})
             if status == 200:
                 return "ok"
-            if status == 409:
+            if status == 409 and not _in_progress(response):
                 log.warning("report refused: lease lost", extra={"task_id": task_id})
                 return "conflict"
             if status in (413, 422):
