@@ -92,12 +92,16 @@ def render_summary(result: dict[str, Any]) -> str:
         f"{'mode':>4}  {'freq (cm^-1)':>14}  {'energy (meV)':>12}  note",
     ]
     for mode in result["modes"]:
-        note = "imaginary" if mode["imaginary"] else ("" if mode["counted"] else "excluded")
+        if mode.get("excluded"):
+            note = "excluded (translation/rotation)"
+        else:
+            note = "imaginary" if mode["imaginary"] else ("" if mode["counted"] else "excluded")
         freq = f"{abs(mode['frequency_cm']):.2f}" + ("i" if mode["imaginary"] else " ")
         lines.append(
             f"{mode['index']:>4}  {freq:>14}  {mode['energy_ev'] * 1000:>12.3f}  {note}".rstrip()
         )
-    n_imag = len(result["imaginary_freqs_cm"])
+    # Rigid-body modes of a free molecule often come out slightly imaginary: not a warning.
+    n_imag = sum(1 for m in result["modes"] if m["imaginary"] and not m.get("excluded"))
     lines += [
         "",
         f"ZPE               : {result['zpe_ev']:.6f} eV ({result['zpe_kjmol']:.3f} kJ/mol)",

@@ -133,14 +133,20 @@ def _print_result(result: dict[str, Any]) -> None:
     print(f"ZPE = {result['zpe_ev']:.4f} eV ({result['zpe_kjmol']:.2f} kJ/mol)")
     print(f"S_vib({result['temperature']:g} K) = {result['s_vib_jmol_k']:.3f} J/mol/K")
     freqs = []
+    imaginary = 0
     for mode in result["modes"]:
+        if mode.get("excluded"):  # translations/rotations of a free molecule
+            continue
         if mode["imaginary"]:
+            imaginary += 1
             freqs.append(f"{abs(mode['frequency_cm']):.1f}i")
         elif mode["counted"]:
             freqs.append(f"{mode['frequency_cm']:.1f}")
     print("frequencies (cm^-1, counted and imaginary): " + ", ".join(freqs))
-    if result["imaginary_freqs_cm"]:
-        print(f"warning: {len(result['imaginary_freqs_cm'])} imaginary mode(s), not in the ZPE")
+    if result.get("excluded_modes"):
+        print(f"({result['mode_selection']})")
+    if imaginary:
+        print(f"warning: {imaginary} imaginary mode(s), not in the ZPE")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
