@@ -155,6 +155,22 @@ def test_valid_token_is_accepted_and_certs_are_cached(
     assert certs.hits == 1
 
 
+class _Now:
+    """A time claim ``offset`` seconds from when the test runs (``NOW + 600``)."""
+
+    def __init__(self, offset: int = 0) -> None:
+        self.offset = offset
+
+    def __add__(self, seconds: int) -> _Now:
+        return _Now(self.offset + seconds)
+
+    def __sub__(self, seconds: int) -> _Now:
+        return _Now(self.offset - seconds)
+
+
+NOW = _Now()
+
+
 @pytest.mark.parametrize(
     ("claims", "status", "code"),
     [
@@ -164,8 +180,10 @@ def test_valid_token_is_accepted_and_certs_are_cached(
         ({"email_verified": False}, 403, "forbidden_caller"),
         ({"email_verified": None}, 403, "forbidden_caller"),
         ({"iss": "https://evil.example.com"}, 401, "invalid_token"),
-        ({"iat": int(time.time()) - 7200, "exp": int(time.time()) - 60}, 401, "invalid_token"),
-        ({"iat": int(time.time()) + 600, "exp": int(time.time()) + 4200}, 401, "invalid_token"),
+        # Times as offsets from the moment the test runs (not from collection, which in a
+        # long session can be many minutes earlier).
+        ({"iat": NOW - 7200, "exp": NOW - 60}, 401, "invalid_token"),
+        ({"iat": NOW + 600, "exp": NOW + 4200}, 401, "invalid_token"),
     ],
     ids=[
         "wrong-audience",
@@ -186,6 +204,8 @@ def test_bad_claims_are_refused(
     code: str,
 ) -> None:
     auth = PushAuthenticator(_settings(certs.url))
+    t = int(time.time())
+    claims = {k: t + v.offset if isinstance(v, _Now) else v for k, v in claims.items()}
     with pytest.raises(AuthError) as info:
         auth.authenticate(_bearer(make_token(keys["good"][0], **claims)))
     assert (info.value.status, info.value.code) == (status, code)
