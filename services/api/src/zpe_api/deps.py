@@ -50,8 +50,11 @@ def current_owner(request: Request, authorization: AuthorizationHeader = None) -
     )
 
 
-def poll_limit(request: Request, owner: Annotated[str, Depends(current_owner)]) -> None:
-    """429 with ``Retry-After`` when this owner (or, anonymous, this address) polls too fast."""
+async def poll_limit(request: Request, owner: Annotated[str, Depends(current_owner)]) -> None:
+    """429 with ``Retry-After`` when this owner (or, anonymous, this address) polls too fast.
+
+    ``async``: no I/O, and a sync dependency costs a thread-pool hop per request
+    (``bench/polling_load.py``)."""
     limiter: TokenBucketLimiter | None = getattr(request.app.state, "poll_limiter", None)
     if limiter is None:
         return
@@ -59,9 +62,23 @@ def poll_limit(request: Request, owner: Annotated[str, Depends(current_owner)]) 
     limiter.check(f"ip:{client}" if owner == ANONYMOUS else f"owner:{owner}")
 
 
-ServiceDep = Annotated[JobService, Depends(get_service)]
-StoreDep = Annotated[JobStore, Depends(get_store)]
-SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+async def _service_dep(request: Request) -> JobService:
+    return get_service(request)
+
+
+async def _store_dep(request: Request) -> JobStore:
+    return get_store(request)
+
+
+async def _settings_dep(request: Request) -> Settings:
+    return get_app_settings(request)
+
+
+# The aliases resolve through ``async`` wrappers: attribute look-ups, no I/O, so
+# they run on the event loop instead of costing a thread-pool hop each per request.
+ServiceDep = Annotated[JobService, Depends(_service_dep)]
+StoreDep = Annotated[JobStore, Depends(_store_dep)]
+SettingsDep = Annotated[Settings, Depends(_settings_dep)]
 OwnerDep = Annotated[str, Depends(current_owner)]
 
 
