@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from zpe_core.analysis import Displacement, displaced_positions, displacements
-from zpe_core.errors import InputError
 from zpe_core.models import JobRequest, QeCalcSpec, StructureInfo, TaskRef, TaskSpec
-from zpe_core.qe_input import ParsedInput
+from zpe_core.qe_input import ParsedInput, check_species_labels
 
 #: Namelist keys that never change forces, left out of task keys.
 _KEY_IGNORED = {"verbosity", "title", "iprint", "max_seconds", "disk_io", "wf_collect", "outdir"}
@@ -77,13 +76,7 @@ def build_plan(
     """Every displacement point of the job, each as a task spec with its key."""
     atoms = parsed.atoms
     symbols = list(atoms.get_chemical_symbols())
-    for label, symbol in zip(parsed.labels, symbols, strict=True):
-        if label != symbol:
-            raise InputError(
-                f"species label {label!r} differs from its element {symbol!r}; "
-                "only element symbols are supported as ATOMIC_SPECIES labels",
-                code="unsupported_species_label",
-            )
+    check_species_labels(parsed)
     qe: QeCalcSpec | None = None
     if engine == "qe":
         qe = QeCalcSpec(

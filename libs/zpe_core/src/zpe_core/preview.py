@@ -16,7 +16,11 @@ from pydantic import BaseModel, Field
 from zpe_core.analysis import displacements
 from zpe_core.errors import InputError
 from zpe_core.models import JobRequest
-from zpe_core.qe_input import ParsedInput, parse_qe_input, select_mobile
+from zpe_core.qe_input import (
+    check_species_labels,
+    parse_qe_input,
+    select_mobile,
+)
 from zpe_core.settings import Settings
 
 
@@ -88,7 +92,7 @@ def preview_request(request: JobRequest, settings: Settings) -> InputPreview:
     """
     engine = resolve_engine(request.engine, settings)
     parsed = parse_qe_input(request.input_text, max_bytes=settings.max_input_bytes)
-    _check_labels(parsed)
+    check_species_labels(parsed)
     natoms = len(parsed.atoms)
     fixed = set(parsed.fixed_indices)
     partial = set(parsed.partially_fixed_indices)
@@ -220,18 +224,6 @@ def _bounds(field: str) -> Bounds:
             if isinstance(value, int | float):
                 found[key] = float(value)
     return Bounds(**found)
-
-
-def _check_labels(parsed: ParsedInput) -> None:
-    # The same rule as build_plan: a label must be its element symbol.
-    symbols = parsed.atoms.get_chemical_symbols()
-    for label, symbol in zip(parsed.labels, symbols, strict=True):
-        if label != symbol:
-            raise InputError(
-                f"species label {label!r} differs from its element {symbol!r}; "
-                "only element symbols are supported as ATOMIC_SPECIES labels",
-                code="unsupported_species_label",
-            )
 
 
 def _number(value: object) -> float | None:

@@ -199,6 +199,18 @@ def _plain(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
+def check_species_labels(parsed: ParsedInput) -> None:
+    """Every ``ATOMIC_SPECIES`` label must be its element symbol (``Fe1`` is not supported)."""
+    symbols = parsed.atoms.get_chemical_symbols()
+    for label, symbol in zip(parsed.labels, symbols, strict=True):
+        if label != symbol:
+            raise InputError(
+                f"species label {label!r} differs from its element {symbol!r}; "
+                "only element symbols are supported as ATOMIC_SPECIES labels",
+                code="unsupported_species_label",
+            )
+
+
 def select_mobile(parsed: ParsedInput, mobile: list[int] | None, *, max_mobile: int) -> list[int]:
     """Validate the atoms to displace and return them sorted.
 
