@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,12 +22,10 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from bench.common import percentile  # noqa: E402
+from tests.fixtures.servers import free_port  # noqa: E402
 
 
 def run_job(client: httpx.Client, text: str, delta: float) -> float:
@@ -43,11 +40,6 @@ def run_job(client: httpx.Client, text: str, delta: float) -> float:
         if state in ("failed", "cancelled"):
             raise RuntimeError(f"job {job_id} {state}")
         time.sleep(0.002)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,27 +27,10 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def rss_kib(pid: int, field: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+from bench.common import percentile, status_kib  # noqa: E402
+from tests.fixtures.servers import free_port  # noqa: E402
 
 
 def children(pid: int) -> list[int]:
@@ -72,7 +54,7 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.wait(0.05):
-            total = sum(rss_kib(child, "VmRSS") for child in children(self.pid))
+            total = sum(status_kib(child, "VmRSS") for child in children(self.pid))
             self.peak_children_kib = max(self.peak_children_kib, total)
 
 
@@ -173,7 +155,7 @@ def main() -> None:
                 warm_id = warm.json()["job_id"]
                 while client.get(f"/calc/zpe/jobs/{warm_id}").json()["state"] != "done":
                     time.sleep(0.05)
-            idle_rss = rss_kib(server.pid, "VmRSS")
+            idle_rss = status_kib(server.pid, "VmRSS")
             sampler.start()
             load_before = os.getloadavg()
             start = time.perf_counter()
@@ -202,7 +184,7 @@ def main() -> None:
                     resub_ms.append((time.perf_counter() - t0) * 1000)
                     progress = status["progress"]
                     reused_ok += progress["reused"] == progress["total"]
-            peak_api = rss_kib(server.pid, "VmHWM")
+            peak_api = status_kib(server.pid, "VmHWM")
             workers = len(children(server.pid))
         finally:
             sampler.stop.set()

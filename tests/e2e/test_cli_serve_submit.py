@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,19 +12,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fixtures.servers import free_port
+
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 ZPE = [sys.executable, "-m", "zpe_api.cli"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "ZPE_STORE_URL": f"file://{tmp_path / 'store'}",

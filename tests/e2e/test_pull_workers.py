@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures.servers import RedisServer
+from tests.fixtures.servers import RedisServer, free_port
 from zpe_core.store import open_store
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
@@ -33,12 +32,6 @@ ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Api:
     """A ``zpe serve`` process in http-pull mode."""
 
@@ -46,7 +39,7 @@ class Api:
         self, tmp_path: Path, store_url: str, extra_env: dict[str, str] | None = None
     ) -> None:
         self.store_url = store_url
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp_path / "api.log"
         env = {

@@ -19,7 +19,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,17 +30,12 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.fixtures.servers import free_port
 from zpe_core.store import open_store
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -163,7 +157,7 @@ def test_no_secret_in_logs_answers_or_records(run_dir: Path) -> None:
     }
     for name in ("ZPE_ENROLL_TOKEN", "ZPE_API_KEY", "ZPE_ADMIN_TOKEN", "ZPE_PUSH_SHARED_SECRET"):
         base_env.pop(name, None)
-    api_port, push_port = _free_port(), _free_port()
+    api_port, push_port = free_port(), free_port()
     api_url, push_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{push_port}"
     procs: list[Proc] = []
     recorder = Recorder()
