@@ -71,11 +71,7 @@ class ApiKeyRegistry:
 
     def list(self) -> list[ApiKey]:
         """Every key record (revoked ones too), oldest first."""
-        keys = []
-        for name in self.store.list_documents("api-keys/"):
-            found = self.store.get_document(name, ApiKey)
-            if found is not None:
-                keys.append(found.value)
+        keys = self.store.read_documents(self.store.list_documents("api-keys/"), ApiKey)
         return sorted(keys, key=lambda k: k.created_at)
 
     def get(self, key_id: str) -> ApiKey:

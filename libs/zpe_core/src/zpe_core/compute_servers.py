@@ -326,11 +326,7 @@ class ComputeRegistry:
         return found.value
 
     def list_servers(self) -> list[ComputeServer]:
-        servers = []
-        for key in self.store.list_documents("servers/"):
-            found = self.store.get_document(key, ComputeServer)
-            if found is not None:
-                servers.append(found.value)
+        servers = self.store.read_documents(self.store.list_documents("servers/"), ComputeServer)
         return sorted(servers, key=lambda s: s.created_at)
 
     def revoke(self, server_id: str, *, actor: str = "admin") -> ComputeServer:
@@ -439,13 +435,8 @@ class ComputeRegistry:
     def switch_audit(self, limit: int = 100) -> list[SwitchChange]:
         """The newest ``limit`` switch changes, newest first."""
         keys = self.store.list_documents("switches-audit/")
-        keys = keys[max(0, len(keys) - limit) :]
-        entries = []
-        for key in reversed(keys):
-            found = self.store.get_document(key, SwitchChange)
-            if found is not None:
-                entries.append(found.value)
-        return entries
+        newest = reversed(keys[max(0, len(keys) - limit) :])
+        return self.store.read_documents(newest, SwitchChange)
 
     def require_submission_enabled(self) -> None:
         """Raise ``SwitchedOff`` (503) while submissions are switched off."""

@@ -28,7 +28,7 @@ import random
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -558,6 +558,11 @@ class JobStore(ABC):
     def list_documents(self, prefix: str) -> list[str]:
         """Keys (without ``meta/``) of the documents under ``meta/<prefix>``."""
         return [key[len("meta/") :] for key in self._iter_keys(f"meta/{prefix}")]
+
+    def read_documents(self, keys: Iterable[str], model: type[M]) -> list[M]:
+        """The documents at ``keys``, in that order, skipping any deleted meanwhile."""
+        found = (self.get_document(key, model) for key in keys)
+        return [item.value for item in found if item is not None]
 
     def _iter_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
