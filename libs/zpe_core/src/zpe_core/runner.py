@@ -55,10 +55,13 @@ def compute_task(spec: TaskSpec, settings: Settings, *, task_id: str = "") -> Ta
             retryable=True,
             code="engine_version_mismatch",
         )
-    workdir = Path(
-        tempfile.mkdtemp(prefix=f"zpe-{task_id[:14]}-", dir=settings.scratch_dir or None)
-    )
+    workdir: Path | None = None
     try:
+        # Inside the try: a missing or full scratch directory must end as a reported
+        # failure, like any other error of this machine, not kill the caller's thread.
+        workdir = Path(
+            tempfile.mkdtemp(prefix=f"zpe-{task_id[:14]}-", dir=settings.scratch_dir or None)
+        )
         return engine.compute(spec, workdir)
     except EngineError:
         raise
@@ -67,7 +70,8 @@ def compute_task(spec: TaskSpec, settings: Settings, *, task_id: str = "") -> Ta
             f"{type(exc).__name__} while computing: {exc}", retryable=True, code="engine_error"
         ) from exc
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 class Heartbeat:

@@ -69,12 +69,21 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from zpe_worker.pull import ApiError, PullWorker
+    from zpe_worker.pull import ApiError, PullWorker, TokenFileMismatch, must_enroll
 
     settings = Settings()
     token_file = Path(args.token_file)
-    if not token_file.exists():
-        token = _enroll_token(args)
+    token = _enroll_token(args)
+    try:
+        # Only an API named by the operator counts: the default URL must not make a
+        # token file for another API look foreign.
+        explicit = "api_url" in settings.model_fields_set
+        named_api = args.api or (settings.api_url if explicit else None)
+        enroll_first = must_enroll(token_file, named_api, token)
+    except TokenFileMismatch as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    if enroll_first:
         if not token:
             print(
                 f"{token_file} does not exist: enroll first (--enroll-token or ZPE_ENROLL_TOKEN)",

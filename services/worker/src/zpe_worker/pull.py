@@ -42,6 +42,7 @@ from zpe_core.errors import EngineError, ZpeError
 from zpe_core.models import TaskSpec, now
 from zpe_core.runner import compute_task
 from zpe_core.settings import Settings
+from zpe_core.tokens import digest_matches, token_digest
 
 log = logging.getLogger("zpe.worker.pull")
 
@@ -95,13 +96,18 @@ def _in_progress(response: httpx.Response | None) -> bool:
 
 @dataclass
 class Credentials:
-    """What ``enroll`` writes: the API, the server id and its worker token."""
+    """What ``enroll`` writes: the API, the server id and its worker token.
+
+    ``enroll_token_digest`` names the enroll token the file came from, so a worker
+    started with another enroll token knows the file is not the one it was told to use.
+    """
 
     api: str
     server_id: str
     worker_token: str
     token_issued_at: float
     token_expires_at: float
+    enroll_token_digest: str = ""
 
     @classmethod
     def load(cls, path: Path) -> Credentials:
@@ -109,7 +115,7 @@ class Credentials:
         if mode & 0o077:
             log.warning("token file is readable by others; chmod 600 it", extra={"path": str(path)})
         data = json.loads(path.read_text())
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
     def save(self, path: Path) -> None:
         """Write atomically, readable only by this user (0600)."""
@@ -154,6 +160,33 @@ def local_capabilities(settings: Settings, engines: list[str], concurrency: int)
     )
 
 
+class TokenFileMismatch(Exception):
+    """The token file belongs to another API than the one this worker was told to use."""
+
+
+def must_enroll(token_file: Path, api: str | None, enroll_token: str | None) -> bool:
+    """Whether to enroll before pulling, given the token file and what the command says.
+
+    A missing token file needs an enroll token. An enroll token other than the one the
+    file came from wins (the operator handed this server a new one). A file for another
+    API is never used silently: with an enroll token the server enrolls with that API,
+    without one this raises ``TokenFileMismatch``.
+    """
+    if not token_file.exists():
+        return True
+    creds = Credentials.load(token_file)
+    if enroll_token and not digest_matches(enroll_token, creds.enroll_token_digest or "-"):
+        return True
+    if api and api.rstrip("/") != creds.api:
+        if enroll_token:
+            return True
+        raise TokenFileMismatch(
+            f"{token_file} holds a worker token for {creds.api}, not {api.rstrip('/')}: "
+            "pass an enroll token for that API, or another --token-file"
+        )
+    return False
+
+
 def enroll(
     api: str,
     enroll_token: str,
@@ -188,6 +221,7 @@ def enroll(
         worker_token=data["worker_token"],
         token_issued_at=now(),
         token_expires_at=data["token_expires_at"],
+        enroll_token_digest=token_digest(enroll_token),
     )
     creds.save(token_file)
     log.info("enrolled", extra={"worker_id": creds.server_id, "targets": data["targets"]})
@@ -452,6 +486,19 @@ class PullWorker:
                     "code": exc.code,
                     "reason": exc.message[:2000],
                     "detail": (exc.detail or "")[-8000:] or None,
+                },
+            )
+        except Exception as exc:
+            # Anything else (a spec this worker cannot read, an engine that cannot start)
+            # must still be reported, and the slot freed below: a silent thread death
+            # would hang this task on every worker that leases it after the lease expires.
+            log.exception("task crashed", extra=extra)
+            outcome = (
+                "failed",
+                {
+                    "retryable": True,
+                    "code": "worker_error",
+                    "reason": f"{type(exc).__name__} on the worker: {exc}"[:2000],
                 },
             )
         finally:
