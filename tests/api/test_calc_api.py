@@ -116,7 +116,8 @@ def test_parse_warns_when_the_default_selection_is_over_the_limit(
 ) -> None:
     body = parse(small_client, h2_input).json()
     assert body["mobile"] == [0, 1]
-    assert len(body["warnings"]) == 1 and "at most 1" in body["warnings"][0]
+    assert [w["code"] for w in body["warnings"]] == ["too_many_mobile"]
+    assert "at most 1" in body["warnings"][0]["message"]
     # An explicit selection is checked like a submission.
     assert_problem(parse(small_client, h2_input, mobile=[0, 1]), 422, "too_many_mobile")
     assert parse(small_client, h2_input, mobile=[1]).json()["tasks"] == 7
@@ -128,7 +129,7 @@ def test_parse_warns_about_partly_fixed_atoms(client: TestClient, h2_input: str)
     assert body["atoms"][1]["partially_fixed"] is True
     assert body["atoms"][1]["mobile_default"] is True
     assert body["free_molecule"] is False
-    assert any("partly fixed" in w for w in body["warnings"])
+    assert any("partly fixed" in w["message"] for w in body["warnings"])
 
 
 # --- /calc/zpe/parse: errors, the same as a submission's --------------------------------

@@ -23,16 +23,35 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from zpe_core.errors import ErrorSource, ZpeError
 
 #: The pull target of jobs that name none (and of servers enrolled without targets).
 DEFAULT_TARGET = "default"
+
+
+#: Longest job label accepted.
+MAX_LABEL_LENGTH = 200
+
+
+def hill_formula(symbols: Sequence[str]) -> str:
+    """The chemical formula in Hill order, one element per word: ``C Cu8 O``, ``H2 O``.
+
+    Hill order puts C first and H second when there is carbon, every other element
+    alphabetically; the spaces keep ``Cu8`` readable next to ``C`` and ``O``.
+    """
+    counts = Counter(symbols)
+    order = sorted(counts)
+    if "C" in counts:
+        order = ["C"] + (["H"] if "H" in counts else []) + [e for e in order if e not in ("C", "H")]
+    return " ".join(f"{e}{counts[e] if counts[e] > 1 else ''}" for e in order)
 
 
 def now() -> float:
@@ -106,6 +125,21 @@ class JobRequest(BaseModel):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
         description="Pull workers: the compute-server target that may run it; default 'default'.",
     )
+    label: str | None = Field(
+        default=None,
+        max_length=MAX_LABEL_LENGTH,
+        description="Free text to tell jobs apart (e.g. 'CO top site, 13C'); searchable "
+        "with GET /calc/zpe/jobs?q=.",
+    )
+
+    @field_validator("label")
+    @classmethod
+    def _printable_label(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if any(not ch.isprintable() for ch in value):
+            raise ValueError("label must be one line of printable text (no control characters)")
+        return value.strip() or None
 
 
 class QeCalcSpec(BaseModel):

@@ -8,20 +8,38 @@ stores nothing, so a UI can show the structure as soon as the text is pasted.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal, get_args
 
-from ase.formula import Formula
+from ase.neighborlist import neighbor_list
 from pydantic import BaseModel, Field
 
 from zpe_core.analysis import displacements
 from zpe_core.errors import InputError
-from zpe_core.models import JobRequest
+from zpe_core.models import JobRequest, hill_formula
 from zpe_core.qe_input import (
+    ParsedInput,
     check_species_labels,
     parse_qe_input,
     select_mobile,
 )
 from zpe_core.settings import Settings
+
+#: Atoms closer than this (Angstrom) are almost certainly a mistake (a duplicated line).
+OVERLAP_ANGSTROM = 0.5
+#: Finite-difference forces need a tight SCF; pw.x's default conv_thr is 1e-6 Ry.
+LOOSE_CONV_THR_RY = 1e-8
+PW_DEFAULT_CONV_THR_RY = 1e-6
+#: Below this the force differences drown in SCF noise; above it anharmonicity shows.
+SMALL_DELTA_ANGSTROM = 0.005
+LARGE_DELTA_ANGSTROM = 0.03
+
+
+class InputWarning(BaseModel):
+    """Something that runs but is probably not what the user wants."""
+
+    code: str = Field(description="Stable: atoms_overlap, loose_conv_thr, ...")
+    message: str
 
 
 class AtomView(BaseModel):
@@ -68,7 +86,7 @@ class InputPreview(BaseModel):
         description="No atom fixed and every atom mobile: translations and rotations excluded."
     )
     tasks: int = Field(description="SCF points the job needs (reference + displacements).")
-    warnings: list[str]
+    warnings: list[InputWarning]
 
 
 def resolve_engine(requested: str | None, settings: Settings) -> str:
@@ -97,23 +115,35 @@ def preview_request(request: JobRequest, settings: Settings) -> InputPreview:
     fixed = set(parsed.fixed_indices)
     partial = set(parsed.partially_fixed_indices)
     default = [i for i in range(natoms) if i not in fixed]
-    warnings: list[str] = []
+    warnings: list[InputWarning] = []
     if request.mobile is None:
         mobile = default
         if not mobile:
-            warnings.append("every atom is fixed (if_pos 0 0 0): there is nothing to displace")
+            warnings.append(
+                InputWarning(
+                    code="nothing_mobile",
+                    message="every atom is fixed (if_pos 0 0 0): there is nothing to displace",
+                )
+            )
         elif len(mobile) > settings.max_mobile_atoms:
             warnings.append(
-                f"{len(mobile)} atoms are not fixed but at most {settings.max_mobile_atoms} "
-                "can be mobile: choose the atoms to displace"
+                InputWarning(
+                    code="too_many_mobile",
+                    message=f"{len(mobile)} atoms are not fixed but at most "
+                    f"{settings.max_mobile_atoms} can be mobile: choose the atoms to displace",
+                )
             )
     else:
         mobile = select_mobile(parsed, request.mobile, max_mobile=settings.max_mobile_atoms)
     if partial:
         warnings.append(
-            f"atoms {sorted(partial)} are only partly fixed (some if_pos 0); "
-            "if mobile they are displaced along x, y and z"
+            InputWarning(
+                code="partially_fixed",
+                message=f"atoms {sorted(partial)} are only partly fixed (some if_pos 0); "
+                "if mobile they are displaced along x, y and z",
+            )
         )
+    warnings += input_warnings(parsed, request, engine, settings)
     chosen = set(mobile)
     symbols = parsed.atoms.get_chemical_symbols()
     atoms = [
@@ -132,7 +162,7 @@ def preview_request(request: JobRequest, settings: Settings) -> InputPreview:
     system = parsed.input_data.get("system", {})
     return InputPreview(
         natoms=natoms,
-        formula=str(Formula.from_list(symbols).format("hill")),
+        formula=hill_formula(symbols),
         atoms=atoms,
         cell=[[round(float(x), 8) for x in row] for row in parsed.atoms.cell.array],
         species=[
@@ -157,6 +187,94 @@ def preview_request(request: JobRequest, settings: Settings) -> InputPreview:
         free_molecule=not fixed and not partial and len(mobile) == natoms,
         tasks=len(displacements(mobile, request.nfree)) if mobile else 0,
         warnings=warnings,
+    )
+
+
+def input_warnings(
+    parsed: ParsedInput, request: JobRequest, engine: str, settings: Settings
+) -> list[InputWarning]:
+    """Warnings about an input that runs but is probably not what the user wants."""
+    found: list[InputWarning] = []
+    pairs = _overlapping_pairs(parsed)
+    if pairs:
+        shown = ", ".join(f"{i} and {j} ({d:.2f} Å)" for i, j, d in pairs[:5])
+        more = f" and {len(pairs) - 5} more pairs" if len(pairs) > 5 else ""
+        found.append(
+            InputWarning(
+                code="atoms_overlap",
+                message=f"atoms closer than {OVERLAP_ANGSTROM} Å (0-based): {shown}{more}; "
+                "a position line given twice?",
+            )
+        )
+    if engine == "qe":
+        found += _qe_warnings(parsed, settings)
+    if request.delta < SMALL_DELTA_ANGSTROM:
+        found.append(
+            InputWarning(
+                code="small_delta",
+                message=f"δ = {request.delta} Å is small: the force differences may drown "
+                f"in SCF noise (0.01 Å is usual; at least {SMALL_DELTA_ANGSTROM} Å)",
+            )
+        )
+    elif request.delta > LARGE_DELTA_ANGSTROM:
+        found.append(
+            InputWarning(
+                code="large_delta",
+                message=f"δ = {request.delta} Å is large: anharmonicity shifts the "
+                f"frequencies (0.01 Å is usual; at most {LARGE_DELTA_ANGSTROM} Å)",
+            )
+        )
+    return found
+
+
+def _qe_warnings(parsed: ParsedInput, settings: Settings) -> list[InputWarning]:
+    found: list[InputWarning] = []
+    if parsed.calculation != "scf":
+        found.append(
+            InputWarning(
+                code="calculation_overridden",
+                message=f"calculation = '{parsed.calculation}' runs as one SCF with forces "
+                "per displacement: the structure is not relaxed first",
+            )
+        )
+    conv_thr = parsed.input_data.get("electrons", {}).get("conv_thr")
+    given = isinstance(conv_thr, int | float) and not isinstance(conv_thr, bool)
+    threshold = float(conv_thr) if isinstance(conv_thr, int | float) else PW_DEFAULT_CONV_THR_RY
+    if threshold > LOOSE_CONV_THR_RY:
+        said = f"conv_thr = {threshold:g} Ry" if given else "conv_thr is not set (pw.x: 1e-6 Ry)"
+        found.append(
+            InputWarning(
+                code="loose_conv_thr",
+                message=f"{said}: finite-difference forces need a tight SCF; use "
+                f"{LOOSE_CONV_THR_RY:g} Ry or less (1e-10 is common)",
+            )
+        )
+    if settings.execution_mode == "inprocess":
+        # Only here does this process know the workers' pseudopotential directory.
+        missing = sorted(
+            name
+            for name in set(parsed.species.values())
+            if not (Path(settings.pseudo_dir) / name).is_file()
+        )
+        if missing:
+            found.append(
+                InputWarning(
+                    code="missing_pseudopotential",
+                    message=f"not found in the workers' pseudopotential directory: "
+                    f"{', '.join(missing)}; the job would fail",
+                )
+            )
+    return found
+
+
+def _overlapping_pairs(parsed: ParsedInput) -> list[tuple[int, int, float]]:
+    """Pairs of atoms closer than ``OVERLAP_ANGSTROM`` (periodic images included)."""
+    atoms = parsed.atoms
+    if len(atoms) < 2:
+        return []
+    i, j, d = neighbor_list("ijd", atoms, OVERLAP_ANGSTROM, self_interaction=False)
+    return sorted(
+        (int(a), int(b), float(dist)) for a, b, dist in zip(i, j, d, strict=True) if a < b
     )
 
 

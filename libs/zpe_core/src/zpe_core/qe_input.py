@@ -84,6 +84,8 @@ class ParsedInput:
     fixed_indices: list[int]
     partially_fixed_indices: list[int]
     pseudo_dir: str | None
+    #: The ``calculation`` the input asked for (lower case); it always runs as an SCF.
+    calculation: str = "scf"
 
 
 @dataclass
@@ -151,7 +153,9 @@ def parse_qe_input(text: str, *, max_bytes: int = MAX_INPUT_BYTES_DEFAULT) -> Pa
             f"&CONTROL pseudo_dir must be a quoted string, got {pseudo_dir!r}",
             code="bad_namelist",
         )
+    calculation = namelists.get("control", {}).get("calculation", "scf")
     return ParsedInput(
+        calculation=str(calculation).strip().lower(),
         atoms=atoms,
         species=species,
         masses=masses,

@@ -45,6 +45,7 @@ from zpe_core.models import (
     JobSummary,
     Task,
     TaskState,
+    hill_formula,
     now,
 )
 from zpe_core.plan import Plan, PlannedTask, build_plan, new_job_id, request_fingerprint
@@ -304,17 +305,48 @@ class JobService:
         return result
 
     def get_file(self, job_id: str, kind: str, *, owner: str | None = None) -> bytes:
-        if kind not in ARTIFACT_NAMES:
+        """An artifact of a done job, or (``kind="input"``, in any state) its pw.x input."""
+        if kind not in ARTIFACT_NAMES and kind != "input":
             raise InputError(
-                f"unknown file kind {kind!r}; choose one of {sorted(ARTIFACT_NAMES)}",
+                f"unknown file kind {kind!r}; choose one of {sorted([*ARTIFACT_NAMES, 'input'])}",
                 code="unknown_file_kind",
             )
         job, _ = self.get_job(job_id, owner=owner)
+        if kind == "input":
+            return job.request.input_text.encode()
         self._require_done(job)
         raw = self.store.get_artifact(job_id, ARTIFACT_NAMES[kind])
         if raw is None:
             raise NotFound(f"{kind} of job {job_id} is missing from the store")
         return raw
+
+    def search_jobs(
+        self,
+        owner: str,
+        query: str,
+        *,
+        cursor: str | None = None,
+        limit: int = 20,
+        scan_max: int = 1000,
+    ) -> tuple[list[Job], str | None]:
+        """The owner's jobs whose label, formula or id contains ``query`` (any case).
+
+        Newest first, like ``list_jobs``; reads at most ``scan_max`` jobs per call and
+        answers a cursor to go on from where it stopped, so a rare match costs pages,
+        never an unbounded scan.
+        """
+        needle = query.casefold()
+        found: list[Job] = []
+        scanned = 0
+        while len(found) < limit and scanned < scan_max:
+            page, cursor = self.store.list_jobs(
+                owner, cursor=cursor, limit=min(limit - len(found), scan_max - scanned)
+            )
+            scanned += len(page)
+            found += [job for job in page if needle in _search_text(job)]
+            if cursor is None:
+                break
+        return found, cursor
 
     @staticmethod
     def _require_done(job: Job) -> None:
@@ -640,6 +672,13 @@ class JobService:
             return
         log.warning("re-creating the tasks of a cut submission", extra={"job_id": job.job_id})
         self._attach(job, plan, repair=True)
+
+
+def _search_text(job: Job) -> str:
+    """What ``search_jobs`` matches a query against."""
+    return " ".join(
+        [job.request.label or "", hill_formula(job.structure.symbols), job.job_id]
+    ).casefold()
 
 
 def _atoms_with_input_masses(job: Job, settings: Settings) -> Atoms:

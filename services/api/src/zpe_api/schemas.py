@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from zpe_core.models import ErrorInfo, Job, JobState, JobSummary
+from zpe_core.models import ErrorInfo, Job, JobState, JobSummary, hill_formula
 
 
 class JobCreated(BaseModel):
@@ -25,6 +25,11 @@ class JobStatus(BaseModel):
     job_id: str
     state: JobState
     engine: str
+    label: str | None = Field(description="The request's label, if it had one.")
+    formula: str = Field(description="Hill order, one element per word: 'C Cu8 O'.")
+    delta: float
+    nfree: int
+    temperature: float
     progress: Progress
     natoms: int
     mobile_indices: list[int]
@@ -45,6 +50,11 @@ class JobStatus(BaseModel):
             job_id=job.job_id,
             state=job.state,
             engine=job.engine,
+            label=job.request.label,
+            formula=hill_formula(job.structure.symbols),
+            delta=job.request.delta,
+            nfree=job.request.nfree,
+            temperature=job.request.temperature,
             progress=Progress(
                 done=job.done_tasks,
                 total=total,
@@ -80,5 +90,6 @@ def job_links(job_id: str) -> dict[str, str]:
         "result": f"{base}/result",
         "summary": f"{base}/files?kind=summary",
         "freqs": f"{base}/files?kind=freqs",
+        "input": f"{base}/files?kind=input",
         "cancel": f"{base}/cancel",
     }

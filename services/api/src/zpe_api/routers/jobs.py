@@ -73,13 +73,22 @@ def list_jobs(
     settings: SettingsDep,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    q: Annotated[
+        str | None,
+        Query(max_length=200, description="Only jobs whose label, formula or id contains this."),
+    ] = None,
 ) -> JobList:
-    """The caller's jobs, newest first; pass ``next_cursor`` back as ``cursor``."""
+    """The caller's jobs, newest first; pass ``next_cursor`` back as ``cursor``.
+
+    With ``q``, a page may hold fewer than ``limit`` jobs and still have a
+    ``next_cursor``: the search reads a bounded number of jobs per request."""
     if cursor is not None and not all(c.isalnum() or c == "-" for c in cursor):
         raise InputError("cursor is malformed; use the next_cursor of a previous page")
-    jobs, next_cursor = service.store.list_jobs(
-        owner, cursor=cursor, limit=min(limit, settings.list_page_max)
-    )
+    limit = min(limit, settings.list_page_max)
+    if q and q.strip():
+        jobs, next_cursor = service.search_jobs(owner, q.strip(), cursor=cursor, limit=limit)
+    else:
+        jobs, next_cursor = service.store.list_jobs(owner, cursor=cursor, limit=limit)
     t = now()
     return JobList(jobs=[JobStatus.from_job(job, t) for job in jobs], next_cursor=next_cursor)
 
@@ -131,14 +140,20 @@ def get_file(
     job_id: str,
     service: ServiceDep,
     owner: OwnerDep,
-    kind: Annotated[str, Query(description="summary | freqs | result")] = "summary",
+    kind: Annotated[str, Query(description="summary | freqs | result | input")] = "summary",
 ) -> Response:
-    """``summary`` (text), ``freqs`` (CSV) or ``result`` (JSON); 409 until done."""
+    """``summary`` (text), ``freqs`` (CSV) or ``result`` (JSON), 409 until done; ``input``
+    (the submitted pw.x input, verbatim) in any state."""
     data = service.get_file(job_id, kind, owner=owner)
-    filename = {"summary": "summary.txt", "freqs": "freqs.csv", "result": "result.json"}[kind]
+    filename = {
+        "summary": "summary.txt",
+        "freqs": "freqs.csv",
+        "result": "result.json",
+        "input": "input.pwi",
+    }[kind]
     return Response(
         content=data,
-        media_type=ARTIFACT_MEDIA_TYPES[kind],
+        media_type=ARTIFACT_MEDIA_TYPES.get(kind, "text/plain; charset=utf-8"),
         headers={"Content-Disposition": f'attachment; filename="{job_id}-{filename}"'},
     )
 

@@ -124,7 +124,9 @@
       ["ecutwfc / ecutrho", cutoffs],
     ];
     facts.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
-    warnings.replaceChildren(...p.warnings.map((w) => el("li", {}, w)));
+    warnings.replaceChildren(
+      ...p.warnings.map((w) => el("li", { "data-code": w.code }, w.message))
+    );
 
     atomsBody.replaceChildren(
       ...p.atoms.map((atom) => {
