@@ -33,7 +33,7 @@ def api(tmp_path: Path) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # a loaded 2-core machine imports slowly
         while True:
             try:
                 if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
@@ -82,3 +82,17 @@ def test_cli_reports_unreachable_api() -> None:
     out = _zpe("http://127.0.0.1:9", "status", "j00")
     assert out.returncode == 1
     assert "cannot reach the API" in out.stderr
+
+
+def test_label_and_list(api: str) -> None:
+    for name, label in [("h2_zpe.in", "hydrogen test"), ("h2o_zpe.in", "water, gas phase")]:
+        out = _zpe(api, "submit", str(SAMPLES / name), "--label", label, "--wait")
+        assert out.returncode == 0, out.stderr
+    listed = _zpe(api, "list", "-q", "water")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 1, listed.stdout
+    assert "done" in lines[0] and "H2 O" in lines[0] and "water, gas phase" in lines[0]
+    assert "eV" in lines[0]
+    everything = _zpe(api, "list").stdout.splitlines()
+    assert len(everything) == 2 and "hydrogen test" in everything[0] + everything[1]

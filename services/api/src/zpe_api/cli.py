@@ -69,7 +69,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             body["mobile"] = [int(x) for x in args.mobile.split(",") if x.strip()]
         except ValueError as exc:
             raise CliError(f"--mobile takes comma-separated atom indices: {exc}") from exc
-    for field in ("engine", "delta", "temperature", "nfree"):
+    for field in ("engine", "delta", "temperature", "nfree", "label"):
         value = getattr(args, field)
         if value is not None:
             body[field] = value
@@ -156,6 +156,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_list(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.query:
+        params["q"] = args.query
+    with _client(args) as client:
+        page = _check(client.get("/calc/zpe/jobs", params=params))
+    if args.json:
+        print(json.dumps(page, indent=2))
+        return 0
+    for job in page["jobs"]:
+        zpe = f"{job['summary']['zpe_ev']:.4f} eV" if job.get("summary") else "-"
+        label = job.get("label") or ""
+        print(f"{job['job_id']}  {job['state']:<9}  {job['formula']:<12}  {zpe:>11}  {label}")
+    if page.get("next_cursor"):
+        print(f"(more: GET /calc/zpe/jobs?cursor={page['next_cursor']})")
+    return 0
+
+
 def cmd_result(args: argparse.Namespace) -> int:
     with _client(args) as client:
         result = _check(client.get(f"/calc/zpe/jobs/{args.job_id}/result"))
@@ -184,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--delta", type=float, help="displacement in Angstrom (default 0.01)")
     submit.add_argument("--temperature", type=float, help="K, for the entropy (default 298.15)")
     submit.add_argument("--nfree", type=int, choices=[2, 4])
+    submit.add_argument("--label", help="free text to tell this job apart (searchable)")
     submit.add_argument("--idempotency-key")
     submit.add_argument("--wait", action="store_true", help="follow the job and print the result")
     submit.add_argument("--timeout", type=float, default=3600.0, help="seconds to --wait")
@@ -192,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a job's status")
     status.add_argument("job_id")
     status.set_defaults(func=cmd_status)
+
+    listing = sub.add_parser("list", help="list your jobs, newest first")
+    listing.add_argument("-q", "--query", help="only jobs whose label, formula or id contains it")
+    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_list)
 
     result = sub.add_parser("result", help="print a finished job's result")
     result.add_argument("job_id")
