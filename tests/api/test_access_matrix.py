@@ -76,6 +76,7 @@ EXPECTED: dict[tuple[str, str], Row] = {
     ("GET", "/"): PUBLIC,
     ("GET", "/jobs"): PUBLIC,
     ("GET", "/jobs/{job_id}"): PUBLIC,  # the page; its data comes from the user API
+    ("GET", "/compare"): PUBLIC,  # the page; its data comes from the user API
     ("GET", "/ui"): PUBLIC,  # the mount of static assets
     # User API keys: admin only.
     ("POST", "/calc/zpe/admin/api-keys"): ADMIN_CREATES,
@@ -328,6 +329,7 @@ REQUESTS: dict[tuple[str, str], Callable[[World], Request]] = {
     ("GET", "/"): lambda w: ("/", None),
     ("GET", "/jobs"): lambda w: ("/jobs", None),
     ("GET", "/jobs/{job_id}"): lambda w: (f"/jobs/{w.done_job}", None),
+    ("GET", "/compare"): lambda w: (f"/compare?ids={w.done_job}", None),
     ("GET", "/ui"): lambda w: ("/ui/style.css", None),
     ("POST", "/calc/zpe/admin/api-keys"): lambda w: (
         "/calc/zpe/admin/api-keys",

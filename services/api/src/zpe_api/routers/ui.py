@@ -1,4 +1,4 @@
-"""The web UI: three static pages and their assets, served by the API itself.
+"""The web UI: four static pages and their assets, served by the API itself.
 
 Plain HTML, CSS and JavaScript from the package's ``static/`` folder: no build
 step and nothing fetched from elsewhere at page load. The pages talk to the
@@ -60,6 +60,12 @@ def job_page(job_id: str) -> HTMLResponse:
     """Progress of one job and, once done, its result (the script reads the id from the URL)."""
     del job_id
     return _page("job.html")
+
+
+@router.get("/compare", response_class=HTMLResponse)
+def compare_page() -> HTMLResponse:
+    """Finished jobs side by side (``?ids=a,b,...``), with differences to the first."""
+    return _page("compare.html")
 
 
 def mount_assets(app: FastAPI) -> None:

@@ -31,6 +31,8 @@
 
   $("job-id").textContent = jobId;
   document.title = `ZPE job ${jobId}`;
+  $("resubmit-link").href = `/?from=${encodeURIComponent(jobId)}`;
+  $("input-link").href = `${Z.API}${base}/files?kind=input`;
 
   function schedule(ms) {
     clearTimeout(timer);
@@ -103,7 +105,8 @@
       onTerminal();
       return;
     }
-    refreshTaskStates(false);
+    // The status changed: read the task states now, so both counts are of the same moment.
+    refreshTaskStates(true);
     const wait = quietDelay(retryAfter);
     pollNote.textContent = `Updates every few seconds (next in ${duration(wait / 1000)}).`;
     schedule(wait);
@@ -118,12 +121,15 @@
       const body = await Z.api(`${base}/tasks`);
       const parts = Object.entries(body.states)
         .sort((a, b) => b[1] - a[1])
-        .map(([state, count]) => `${count} ${state}`);
+        .map(([state, count]) => `${count} ${STATE_NAMES[state] || state}`);
       $("task-states").textContent = parts.join(" · ") || "–";
     } catch (error) {
       $("task-states").textContent = `unavailable (${describeError(error)})`;
     }
   }
+
+  // A leased task is one a worker is computing: say so in the words of the page.
+  const STATE_NAMES = { leased: "running" };
 
   const STATE_WORDS = {
     queued: "Waiting for a worker to pick up the first task.",
@@ -144,6 +150,11 @@
     $("progress-text").textContent =
       `${done} / ${total}` + (reused ? ` (${reused} reused from earlier jobs)` : "");
     $("engine").textContent = s.engine;
+    $("formula").textContent = s.formula;
+    $("job-label").textContent = s.label || "–";
+    $("parameters").textContent = `δ = ${s.delta} Å, nfree = ${s.nfree}, T = ${s.temperature} K`;
+    $("job-title").textContent = s.label ? `${s.label} (${s.formula})` : `${s.formula} job`;
+    document.title = `${s.label || s.formula} · ${s.state} · ZPE job ${jobId.slice(0, 8)}`;
     $("mobile").textContent = `${s.mobile_indices.join(", ")} (of ${s.natoms} atoms)`;
     $("created").textContent = Z.localTime(s.created_at);
     cancelButton.hidden = Z.TERMINAL.includes(s.state);
@@ -288,6 +299,11 @@
   }
 
   cancelButton.addEventListener("click", async () => {
+    const ok = window.confirm(
+      "Cancel this job? SCFs already finished are kept: submitting the same input again " +
+        "reuses them instead of computing them again."
+    );
+    if (!ok) return;
     cancelButton.disabled = true;
     try {
       await Z.api(`${base}/cancel`, { method: "POST" });

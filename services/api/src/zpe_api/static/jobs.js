@@ -8,11 +8,24 @@
 
   const params = new URLSearchParams(window.location.search);
   const cursor = params.get("cursor");
+  const search = (params.get("q") || "").trim();
   const body = document.querySelector("#jobs-table tbody");
+  const compareButton = document.getElementById("compare-button");
+  document.getElementById("search").value = search;
+  document.getElementById("clear-search").hidden = !search;
+
+  function chosen() {
+    return Array.from(body.querySelectorAll("input.compare:checked"), (box) => box.value);
+  }
+
+  compareButton.addEventListener("click", () => {
+    window.location.assign(`/compare?ids=${chosen().map(encodeURIComponent).join(",")}`);
+  });
 
   async function load() {
     const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
     if (cursor) query.set("cursor", cursor);
+    if (search) query.set("q", search);
     let page;
     try {
       page = await Z.api(`/jobs?${query}`);
@@ -22,13 +35,30 @@
     }
     body.replaceChildren(
       ...page.jobs.map((job) => {
-        const link = el("a", { href: `/jobs/${encodeURIComponent(job.job_id)}` }, job.job_id);
+        const link = el(
+          "a",
+          { href: `/jobs/${encodeURIComponent(job.job_id)}`, class: "job-link" },
+          job.label ? el("span", { class: "job-label" }, job.label) : null,
+          el("code", { class: "job-id" }, job.job_id)
+        );
         const summary = job.summary;
+        const box = el("input", {
+          type: "checkbox",
+          class: "compare",
+          value: job.job_id,
+          disabled: job.state !== "done",
+          "aria-label": `compare ${job.label || job.job_id}`,
+        });
+        box.addEventListener("change", () => {
+          compareButton.disabled = chosen().length < 2;
+        });
         return el(
           "tr",
           { class: "job", "data-job-id": job.job_id },
+          el("td", {}, box),
           el("td", {}, Z.localTime(job.created_at)),
           el("td", {}, link),
+          el("td", { class: "formula" }, job.formula),
           el("td", {}, el("span", { class: `badge ${job.state}` }, job.state)),
           el("td", { class: "num" }, `${job.progress.done} / ${job.progress.total}`),
           el("td", {}, job.engine),
@@ -41,7 +71,9 @@
     document.getElementById("first-page").hidden = !cursor;
     const next = document.getElementById("next-page");
     if (page.next_cursor) {
-      next.href = `/jobs?cursor=${encodeURIComponent(page.next_cursor)}`;
+      const more = new URLSearchParams({ cursor: page.next_cursor });
+      if (search) more.set("q", search);
+      next.href = `/jobs?${more}`;
       next.hidden = false;
     }
   }

@@ -19,6 +19,12 @@
   const nfreeSelect = document.getElementById("nfree");
   const engineSelect = document.getElementById("engine");
   const engineNote = document.getElementById("engine-note");
+  const labelInput = document.getElementById("label");
+  const selectionNote = document.getElementById("selection-note");
+  const viewer = new window.ZPE.StructureViewer(document.getElementById("structure-view"), {
+    onPick: toggleAtom,
+  });
+  const FORM_KEY = "zpe.submit.form"; // the form as last edited, so Back restores it
   const submitButton = document.getElementById("submit-button");
   const submitHint = document.getElementById("submit-hint");
   const submitError = document.getElementById("submit-error");
@@ -30,6 +36,10 @@
   let parseTimer = null;
   let submitting = false;
   let lastAttempt = { body: null, key: null }; // same body -> same Idempotency-Key
+  // The user's ticks, by atom index, with the element they were made for: kept across
+  // edits of the text for atoms that still exist (same index, same element, not fixed).
+  let choice = null; // Map index -> {element, mobile}, or null before the first parse
+  let pendingMobile = null; // the mobile set of a job being edited, applied at the first parse
 
   // ---------------------------------------------------------------- configuration
 
@@ -83,11 +93,12 @@
     }
     parseStatus.textContent = "Reading the input…";
     try {
-      const result = await api("/parse", { method: "POST", json: { input_text: text } });
+      const result = await api("/parse", { method: "POST", json: parseBody(text) });
       if (seq !== parseSeq) return textarea.value === parsedText && preview !== null;
       preview = result;
       parsedText = text;
       showError(parseError, "");
+      applyChoice(result);
       parseStatus.textContent = `Read ${result.natoms} atom${result.natoms === 1 ? "" : "s"} (${result.formula}).`;
       renderStructure(result);
       return true;
@@ -102,6 +113,16 @@
     } finally {
       if (seq === parseSeq) updateSummary();
     }
+  }
+
+  /** What /parse is asked: the text and the options that warnings depend on (when valid). */
+  function parseBody(text) {
+    const body = { input_text: text, nfree: Number(nfreeSelect.value) };
+    if (engineSelect.value) body.engine = engineSelect.value;
+    const delta = Number(deltaInput.value);
+    const dl = config ? config.limits.delta : { gt: 0, le: 0.1 };
+    if (deltaInput.value && delta > dl.gt && delta <= dl.le) body.delta = delta;
+    return body;
   }
 
   function renderStructure(p) {
@@ -134,12 +155,16 @@
           type: "checkbox",
           class: "mobile",
           "data-index": String(atom.index),
+          "data-element": atom.element,
           "aria-label": `atom ${atom.index} (${atom.label}) is mobile`,
-          checked: atom.mobile_default,
+          checked: atom.mobile,
           disabled: atom.fixed,
           title: atom.fixed ? "fixed in the input (if_pos 0 0 0): cannot be displaced" : null,
         });
-        box.addEventListener("change", updateSummary);
+        box.addEventListener("change", () => {
+          rememberChoice();
+          updateSummary();
+        });
         const fixedText = atom.fixed ? "fixed" : atom.partially_fixed ? "partly fixed" : "";
         return el(
           "tr",
@@ -153,6 +178,58 @@
       })
     );
     structure.hidden = false;
+    viewer.setStructure(p.atoms, p.cell);
+    rememberChoice();
+  }
+
+  /** Tick the atoms as the user chose them before, where that still makes sense; say when not. */
+  function applyChoice(p) {
+    if (pendingMobile !== null) {
+      choice = new Map(
+        p.atoms.map((a) => [a.index, { element: a.element, mobile: pendingMobile.has(a.index) }])
+      );
+      pendingMobile = null;
+    }
+    const lost = [];
+    if (choice !== null) {
+      for (const atom of p.atoms) {
+        const before = choice.get(atom.index);
+        if (!before) continue;
+        if (before.element !== atom.element || atom.fixed) {
+          if (before.mobile) lost.push(atom.index);
+          continue;
+        }
+        atom.mobile = before.mobile;
+      }
+      for (const [index, before] of choice) {
+        if (index >= p.natoms && before.mobile) lost.push(index);
+      }
+    } else {
+      for (const atom of p.atoms) atom.mobile = atom.mobile_default;
+    }
+    selectionNote.textContent = lost.length
+      ? `Your selection changed: atom${lost.length === 1 ? "" : "s"} ${lost.join(", ")} ` +
+        "no longer exist, are fixed or are another element now. Check the ticks below."
+      : "";
+    selectionNote.hidden = !lost.length;
+  }
+
+  function rememberChoice() {
+    if (!preview) return;
+    choice = new Map(
+      Array.from(atomsBody.querySelectorAll("input.mobile"), (box) => [
+        Number(box.dataset.index),
+        { element: box.dataset.element, mobile: box.checked },
+      ])
+    );
+  }
+
+  function toggleAtom(index) {
+    const box = atomsBody.querySelector(`input.mobile[data-index="${index}"]`);
+    if (!box || box.disabled) return;
+    box.checked = !box.checked;
+    rememberChoice();
+    updateSummary();
   }
 
   function selectedMobile() {
@@ -165,12 +242,14 @@
   function updateSummary() {
     const problem = formProblem();
     submitButton.disabled = submitting || problem !== null;
+    saveForm();
     if (!preview) {
       mobileSummary.textContent = "";
       submitHint.textContent = problem || "";
       return;
     }
     const mobile = selectedMobile();
+    viewer.setMobile(mobile);
     const nfree = Number(nfreeSelect.value);
     const tasks = mobile.length ? 1 + 3 * nfree * mobile.length : 0;
     const free = mobile.length === preview.natoms && preview.atoms.every((a) => !a.fixed && !a.partially_fixed);
@@ -230,6 +309,7 @@
       nfree: Number(nfreeSelect.value),
     };
     if (engineSelect.value) body.engine = engineSelect.value;
+    if (labelInput.value.trim()) body.label = labelInput.value.trim();
     const bodyKey = JSON.stringify(body);
     if (lastAttempt.body !== bodyKey) lastAttempt = { body: bodyKey, key: window.ZPE.randomKey() };
 
@@ -263,7 +343,15 @@
     if (!file) return;
     const limit = config ? config.limits.max_input_bytes : Infinity;
     if (file.size > limit) {
-      showError(parseError, `${file.name} is ${file.size} bytes; inputs are limited to ${limit} bytes.`);
+      // Leave nothing behind that a click could submit: the old text is not what was chosen.
+      textarea.value = "";
+      preview = null;
+      parsedText = null;
+      structure.hidden = true;
+      parseStatus.textContent = "";
+      fileInput.value = "";
+      showError(parseError, `${file.name} is ${megabytes(file.size)}; inputs are limited to ${megabytes(limit)}.`);
+      updateSummary();
       return;
     }
     textarea.value = await file.text();
@@ -271,18 +359,105 @@
   });
   document.getElementById("select-default").addEventListener("click", () => {
     for (const box of atomsBody.querySelectorAll("input.mobile")) box.checked = !box.disabled;
+    rememberChoice();
     updateSummary();
   });
   document.getElementById("select-none").addEventListener("click", () => {
     for (const box of atomsBody.querySelectorAll("input.mobile")) box.checked = false;
+    rememberChoice();
     updateSummary();
   });
-  for (const input of [deltaInput, temperatureInput, nfreeSelect, engineSelect]) {
+  for (const input of [deltaInput, temperatureInput, nfreeSelect, engineSelect, labelInput]) {
     input.addEventListener("input", updateSummary);
     input.addEventListener("change", updateSummary);
   }
+  // The warnings depend on these (a small δ, a loose threshold for pw.x): read again.
+  for (const input of [deltaInput, nfreeSelect, engineSelect]) {
+    input.addEventListener("change", () => {
+      if (textarea.value.trim()) scheduleParse(300);
+    });
+  }
   form.addEventListener("submit", submit);
 
-  loadConfig();
-  if (textarea.value.trim()) parseNow(); // text kept by the browser on "back"
+  // ---------------------------------------------------------------- the form survives Back
+
+  function megabytes(bytes) {
+    return `${(bytes / (1024 * 1024)).toFixed(bytes < 1024 * 1024 ? 2 : 1)} MB`;
+  }
+
+  let formReady = false; // nothing is saved before the saved form is restored
+
+  function saveForm() {
+    if (!formReady) return;
+    const state = {
+      text: textarea.value,
+      delta: deltaInput.value,
+      temperature: temperatureInput.value,
+      nfree: nfreeSelect.value,
+      engine: engineSelect.value,
+      label: labelInput.value,
+      choice: choice ? Array.from(choice.entries()) : null,
+    };
+    try {
+      sessionStorage.setItem(FORM_KEY, JSON.stringify(state));
+    } catch (_) {
+      // storage full or disabled: the form still works, Back just forgets it
+    }
+  }
+
+  function restoreForm(state) {
+    textarea.value = state.text || "";
+    if (state.delta) deltaInput.value = state.delta;
+    if (state.temperature) temperatureInput.value = state.temperature;
+    if (state.nfree) nfreeSelect.value = state.nfree;
+    if (state.engine && Array.from(engineSelect.options).some((o) => o.value === state.engine)) {
+      engineSelect.value = state.engine;
+    }
+    labelInput.value = state.label || "";
+    choice = state.choice ? new Map(state.choice) : null;
+  }
+
+  /** "Edit and resubmit": /?from=JOB_ID fills the form with that job's input and options. */
+  async function prefillFromJob(jobId) {
+    const job = await api(`/jobs/${encodeURIComponent(jobId)}`);
+    const response = await fetch(`${window.ZPE.API}/jobs/${encodeURIComponent(jobId)}/files?kind=input`);
+    if (!response.ok) throw await window.ZPE.problemFrom(response);
+    const text = await response.text();
+    const mobile = new Set(job.mobile_indices);
+    restoreForm({
+      text,
+      delta: String(job.delta),
+      temperature: String(job.temperature),
+      nfree: String(job.nfree),
+      engine: job.engine,
+      label: job.label || "",
+      choice: null,
+    });
+    pendingMobile = mobile;
+  }
+
+  async function start() {
+    await loadConfig();
+    const from = new URLSearchParams(window.location.search).get("from");
+    if (from) {
+      try {
+        await prefillFromJob(from);
+      } catch (error) {
+        showError(submitError, `Could not load job ${from} to edit it: ${describeError(error)}`);
+      }
+    } else {
+      let saved = null;
+      try {
+        saved = JSON.parse(sessionStorage.getItem(FORM_KEY) || "null");
+      } catch (_) {
+        saved = null;
+      }
+      if (saved && saved.text) restoreForm(saved);
+    }
+    formReady = true;
+    if (textarea.value.trim()) parseNow();
+    updateSummary();
+  }
+
+  start();
 })();
