@@ -108,8 +108,12 @@
     return new Date(epochSeconds * 1000).toLocaleString();
   }
 
-  /** A frequency for people: imaginary modes as "123.45i". */
+  /** Below this |ν| (cm⁻¹) a frequency is a numerical zero: shown as 0, neither real nor "i". */
+  const ZERO_CM = 0.005;
+
+  /** A frequency for people: imaginary modes as "123.45i", numerical zeros as "0". */
   function wavenumber(mode) {
+    if (Math.abs(mode.frequency_cm) < ZERO_CM) return "0";
     const value = Math.abs(mode.frequency_cm).toFixed(2);
     return mode.imaginary ? `${value}i` : value;
   }
