@@ -88,7 +88,7 @@ def test_retry_with_the_same_key_completes_a_submission_cut_by_an_outage(
 ) -> None:
     store = FlakyStore()
     svc = service(store)
-    request = JobRequest(input_text=H2, engine="mock", delta=0.011)
+    request = JobRequest(input_text=H2, engine="mock", delta=0.011, symmetry="off")
     store.break_after(prefix, n)
     with pytest.raises(StoreUnavailable):
         svc.submit(request, owner="u", idempotency_key="k-1")
@@ -105,7 +105,7 @@ def test_reconcile_creates_tasks_a_cut_submission_never_created() -> None:
     svc = service(store)
     store.break_after("tasks/", 4)
     with pytest.raises(StoreUnavailable):
-        svc.submit(JobRequest(input_text=H2, engine="mock"), owner="u")
+        svc.submit(JobRequest(input_text=H2, engine="mock", symmetry="off"), owner="u")
     store.up()
     (job_id,) = store.all_job_ids()
     assert len(store.all_task_ids()) < 13

@@ -55,6 +55,11 @@ def _ase_name(atom: int, axis: int, step: int) -> str:
     return str(_AseDisplacement(atom, axis, int(np.sign(step)), abs(step), None).name)
 
 
+def displacement_name(atom: int, axis: int, step: int) -> str:
+    """ASE's name of the point that moves ``atom`` by ``step * delta`` along ``axis``."""
+    return _ase_name(atom, axis, step)
+
+
 def displacements(indices: Sequence[int], nfree: int) -> list[Displacement]:
     """The reference point, then ASE's order: per atom, per axis, ``-`` then ``+`` steps."""
     if nfree not in (2, 4):

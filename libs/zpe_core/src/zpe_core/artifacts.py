@@ -71,9 +71,22 @@ def build_result(
         "engine_version": engine_version,
         "tasks_total": job.total_tasks,
         "tasks_reused": len(job.reused_task_ids),
+        "symmetry": symmetry_summary(job),
         "started_at": _iso(started),
         "finished_at": _iso(finished_at),
         "elapsed_seconds": max(0.0, finished_at - started),
+    }
+
+
+def symmetry_summary(job: Job) -> dict[str, Any]:
+    """``{spacegroup, operations, points_computed, points_full, reason}`` of a job."""
+    sym = job.symmetry
+    return {
+        "spacegroup": sym.spacegroup if sym else None,
+        "operations": len(sym.operations) if sym else 0,
+        "points_computed": job.total_tasks,
+        "points_full": sym.points_full if sym else job.total_tasks,
+        "reason": sym.reason if sym else "a job from before symmetry-reduced plans",
     }
 
 
@@ -108,9 +121,19 @@ def render_summary(result: dict[str, Any]) -> str:
         f"S_vib({result['temperature']:g} K) : {result['s_vib_jmol_k']:.4f} J/mol/K",
         f"imaginary modes   : {n_imag}" + (" (not counted in the ZPE)" if n_imag else ""),
         f"tasks             : {result['tasks_total']} ({result['tasks_reused']} reused)",
+        _symmetry_line(result.get("symmetry")),
         f"elapsed           : {result['elapsed_seconds']:.1f} s",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _symmetry_line(sym: dict[str, Any] | None) -> str:
+    if not sym:
+        return "symmetry          : -"
+    line = f"symmetry          : {sym['points_computed']} of {sym['points_full']} points computed"
+    if sym.get("spacegroup"):
+        line += f", {sym['spacegroup']}, {sym['operations']} operation(s) used"
+    return line + (f" ({sym['reason']})" if sym.get("reason") else "")
 
 
 def render_freqs_csv(result: dict[str, Any]) -> str:

@@ -131,6 +131,11 @@ class JobRequest(BaseModel):
         description="Free text to tell jobs apart (e.g. 'CO top site, 13C'); searchable "
         "with GET /calc/zpe/jobs?q=.",
     )
+    symmetry: Literal["auto", "off"] = Field(
+        default="auto",
+        description="'auto': compute only the symmetry-independent displaced points and "
+        "rebuild the others exactly; 'off': compute every point.",
+    )
 
     @field_validator("label")
     @classmethod
@@ -249,6 +254,47 @@ class StructureInfo(BaseModel):
     free_molecule: bool
 
 
+class SymmetryOperation(BaseModel):
+    """``x -> rotation @ x + t``: ``rotation`` a Cartesian signed permutation, atom ``i``
+    landing on atom ``permutation[i]``."""
+
+    rotation: list[list[int]]
+    permutation: list[int]
+
+
+class DerivedPoint(BaseModel):
+    """A displaced point whose forces are rebuilt from a computed one, not computed."""
+
+    name: str  # ASE naming, as TaskRef.name
+    task_id: str  # its key in the full plan (computed after all if the symmetry check fails)
+    atom: int
+    axis: int
+    step: int
+    source: str  # the name of the computed point it is the image of
+    operation: int  # index into JobSymmetry.operations
+
+
+class JobSymmetry(BaseModel):
+    """How a job uses symmetry: the operations kept and the points they save."""
+
+    mode: Literal["auto", "off"]
+    spacegroup: str | None = None
+    operations: list[SymmetryOperation] = Field(default_factory=list)
+    derived: list[DerivedPoint] = Field(
+        default_factory=list, description="Empty when every point is computed."
+    )
+    points_full: int
+    reason: str | None = Field(default=None, description="Why every point is computed.")
+
+
+class DispatchRequest(BaseModel):
+    """Tasks a service without a dispatcher (a worker) added to a job, for the control
+    plane to dispatch (a job whose symmetry check failed grows by its derived points)."""
+
+    job_id: str
+    task_ids: list[str]
+
+
 class JobSummary(BaseModel):
     """Headline figures copied onto the job when it finishes (for listings)."""
 
@@ -266,7 +312,8 @@ class Job(BaseModel):
     request: JobRequest
     engine: str
     structure: StructureInfo
-    tasks: list[TaskRef]
+    tasks: list[TaskRef]  # the points computed (a subset of the full plan with symmetry)
+    symmetry: JobSymmetry | None = None
     done_task_ids: list[str] = Field(default_factory=list)
     reused_task_ids: list[str] = Field(default_factory=list)
     error: ErrorInfo | None = None

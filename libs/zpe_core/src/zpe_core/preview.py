@@ -24,6 +24,7 @@ from zpe_core.qe_input import (
     select_mobile,
 )
 from zpe_core.settings import Settings
+from zpe_core.symmetry import plan_reduction
 
 #: Atoms closer than this (Angstrom) are almost certainly a mistake (a duplicated line).
 OVERLAP_ANGSTROM = 0.5
@@ -86,6 +87,14 @@ class InputPreview(BaseModel):
         description="No atom fixed and every atom mobile: translations and rotations excluded."
     )
     tasks: int = Field(description="SCF points the job needs (reference + displacements).")
+    tasks_symmetric: int = Field(
+        description="SCF points with the request's `symmetry` (equal to `tasks` with 'off' "
+        "or no usable symmetry); more are computed if the reference breaks the symmetry."
+    )
+    spacegroup: str | None = Field(description="The structure's space group (spglib).")
+    symmetry_operations: int = Field(
+        description="Operations used to rebuild points (signed permutations of x, y, z)."
+    )
     warnings: list[InputWarning]
 
 
@@ -160,6 +169,15 @@ def preview_request(request: JobRequest, settings: Settings) -> InputPreview:
         for i in range(natoms)
     ]
     system = parsed.input_data.get("system", {})
+    points = displacements(mobile, request.nfree) if mobile else []
+    reduction = plan_reduction(
+        parsed.atoms,
+        mobile,
+        points,
+        mode=request.symmetry,
+        kpts=parsed.kpts,
+        koffset=parsed.koffset,
+    )
     return InputPreview(
         natoms=natoms,
         formula=hill_formula(symbols),
@@ -185,7 +203,10 @@ def preview_request(request: JobRequest, settings: Settings) -> InputPreview:
         mobile_default=default,
         mobile=mobile,
         free_molecule=not fixed and not partial and len(mobile) == natoms,
-        tasks=len(displacements(mobile, request.nfree)) if mobile else 0,
+        tasks=len(points),
+        tasks_symmetric=len(reduction.computed),
+        spacegroup=reduction.spacegroup,
+        symmetry_operations=len(reduction.operations) if reduction.images else 0,
         warnings=warnings,
     )
 

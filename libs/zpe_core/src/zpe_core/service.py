@@ -9,6 +9,7 @@ assembles the Hessian and finishes the job (``finalize``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ import numpy as np
 from ase import Atoms
 
 from zpe_core import metrics
-from zpe_core.analysis import analyze
+from zpe_core.analysis import Displacement, analyze, displaced_positions
 from zpe_core.artifacts import (
     ARTIFACT_NAMES,
     build_result,
@@ -38,20 +39,31 @@ from zpe_core.errors import (
 )
 from zpe_core.models import (
     DEFAULT_TARGET,
+    DerivedPoint,
+    DispatchRequest,
     ErrorInfo,
     Job,
     JobRequest,
     JobState,
     JobSummary,
     Task,
+    TaskRef,
     TaskState,
     hill_formula,
     now,
 )
-from zpe_core.plan import Plan, PlannedTask, build_plan, new_job_id, request_fingerprint
+from zpe_core.plan import (
+    Plan,
+    PlannedTask,
+    build_plan,
+    new_job_id,
+    request_fingerprint,
+    task_key,
+)
 from zpe_core.qe_input import parse_qe_input, select_mobile
 from zpe_core.settings import Settings
 from zpe_core.store.base import JobStore
+from zpe_core.symmetry import broken_by_reference, rebuild_job_forces, select_points
 
 log = logging.getLogger("zpe.service")
 
@@ -127,6 +139,7 @@ class JobService:
         ``StateConflict``. Invalid input raises ``InputError`` and stores nothing.
         """
         engine, plan = self.plan(request)
+        computed, symmetry = select_points(plan, request.symmetry)
         fingerprint = request_fingerprint(request)
         job_id = new_job_id()
         adopted = False
@@ -156,7 +169,8 @@ class JobService:
             request=request,
             engine=engine,
             structure=plan.structure,
-            tasks=plan.refs,
+            tasks=computed,
+            symmetry=symmetry,
             fingerprint=fingerprint,
             idempotency_key=idempotency_key,
         )
@@ -189,14 +203,16 @@ class JobService:
 
         Idempotent. ``repair``: a cut submission is being finished, so queued tasks also
         get their ready marker again (the cut may have fallen between a task and its
-        marker, and workers find tasks through markers).
+        marker, and workers find tasks through markers). Only the plan's tasks that the
+        job computes are attached (with symmetry, a subset: ``job.tasks``).
         """
         target = job.request.target or DEFAULT_TARGET
         to_dispatch: list[Task] = []
         reused: list[str] = []
+        wanted = {ref.task_id for ref in job.tasks}
         seen: set[str] = set()
         for planned in plan.tasks:
-            if planned.task_id in seen:
+            if planned.task_id in seen or planned.task_id not in wanted:
                 continue
             seen.add(planned.task_id)
             task, needs_dispatch = self._subscribe(planned, job.job_id, target)
@@ -524,6 +540,14 @@ class JobService:
                     raise ZpeError(f"task {ref.task_id} has no result", code="missing_result")
                 forces[ref.name] = np.asarray(task.value.result.forces_ev_per_a, dtype=float)
                 engine_version = task.value.result.engine_version
+            if job.symmetry is not None and job.symmetry.derived:
+                broken = broken_by_reference(
+                    job.symmetry, forces["eq"], job.structure.mobile_indices
+                )
+                if broken is not None:
+                    self._compute_every_point(job, broken)
+                    return
+                forces = rebuild_job_forces(forces, job.symmetry)
             atoms = _atoms_with_input_masses(job, self.settings)
             vib = analyze(
                 atoms,
@@ -579,10 +603,89 @@ class JobService:
         self.store.mutate_job(job_id, change)
         log.info("job done", extra={"job_id": job_id, "zpe_ev": vib.zpe_ev})
 
+    def _compute_every_point(self, job: Job, reason: str) -> None:
+        """Turn a symmetry-reduced job into a full one: add the points it meant to rebuild.
+
+        The job's record grows by its derived points (one compare-and-swap, with the
+        reason); their tasks are created from the reference task's spec, so no
+        re-planning (and no engine version) is needed where this runs. A service
+        without a dispatcher (a worker) leaves a dispatch request for the control plane.
+        """
+        log.warning(
+            "symmetry check failed; computing every point",
+            extra={"job_id": job.job_id, "reason": reason},
+        )
+
+        def change(current: Job) -> Job | None:
+            sym = current.symmetry
+            if current.state.terminal or sym is None or not sym.derived:
+                return None
+            known = {ref.task_id for ref in current.tasks}
+            current.tasks.extend(
+                TaskRef(name=d.name, task_id=d.task_id)
+                for d in sym.derived
+                if d.task_id not in known
+            )
+            sym.derived = []
+            sym.reason = reason
+            return current
+
+        derived = job.symmetry.derived if job.symmetry is not None else []
+        reference = self.store.get_task(job.tasks[0].task_id)
+        assert reference is not None  # finalize read its result a moment ago
+        planned: list[PlannedTask] = []
+        for d in derived:
+            positions = displaced_positions(
+                reference.value.spec.positions, _displacement(d), job.request.delta
+            )
+            spec = reference.value.spec.model_copy(update={"positions": positions.tolist()})
+            if task_key(spec) != d.task_id:
+                self.fail_job(
+                    job.job_id,
+                    ErrorInfo(
+                        code="tasks_missing",
+                        message=f"{reason}, but point {d.name} cannot be rebuilt from the "
+                        "reference task; submit the job again with symmetry 'off'",
+                        source=ErrorSource.INTERNAL,
+                    ),
+                )
+                return
+            planned.append(PlannedTask(displacement=_displacement(d), spec=spec, task_id=d.task_id))
+        updated = self.store.mutate_job(job.job_id, change).value
+        if updated.state.terminal:
+            return
+        self._attach(updated, Plan(structure=updated.structure, tasks=planned))
+        if self.dispatcher is None:
+            with contextlib.suppress(AlreadyExists):
+                self.store.create_document(
+                    f"{DISPATCH_REQUESTS}{job.job_id}",
+                    DispatchRequest(job_id=job.job_id, task_ids=[p.task_id for p in planned]),
+                )
+
+    def dispatch_requested(self) -> int:
+        """Dispatch the tasks that dispatcher-less services (workers) added to jobs."""
+        if self.dispatcher is None:
+            return 0
+        count = 0
+        for key in self.store.list_documents(DISPATCH_REQUESTS):
+            found = self.store.get_document(key, DispatchRequest)
+            if found is not None:
+                tasks = [self.store.get_task(task_id) for task_id in found.value.task_ids]
+                queued = [
+                    t.value for t in tasks if t is not None and t.value.state is TaskState.QUEUED
+                ]
+                if queued:
+                    self._dispatch(queued)
+                    count += len(queued)
+            self.store.delete_document(key)
+        return count
+
     # ------------------------------------------------------------------ maintenance
 
     def reap(self) -> int:
-        """Re-queue expired leases (re-dispatching them) and fail exhausted tasks."""
+        """Re-queue expired leases (re-dispatching them) and fail exhausted tasks; dispatch
+        the tasks workers added to jobs (``dispatch_requested``)."""
+        self.dispatch_requested()
         changed = self.store.expire_leases(self.settings.retry_policy)
         requeued = [task for task in changed if task.state is TaskState.QUEUED]
         metrics.LEASE_EXPIRIES.inc(len(changed))
@@ -658,7 +761,7 @@ class JobService:
         except ZpeError as exc:
             self.fail_job(job.job_id, ErrorInfo.from_exc(exc))
             return
-        if {ref.task_id for ref in plan.refs} != {ref.task_id for ref in job.tasks}:
+        if not {ref.task_id for ref in job.tasks} <= {ref.task_id for ref in plan.refs}:
             # The engine version moved since (task keys include it): cannot rebuild.
             self.fail_job(
                 job.job_id,
@@ -679,6 +782,14 @@ def _search_text(job: Job) -> str:
     return " ".join(
         [job.request.label or "", hill_formula(job.structure.symbols), job.job_id]
     ).casefold()
+
+
+#: Store documents (``meta/dispatch-requests/<job>``) naming tasks a worker added to a job.
+DISPATCH_REQUESTS = "dispatch-requests/"
+
+
+def _displacement(d: DerivedPoint) -> Displacement:
+    return Displacement(name=d.name, atom=d.atom, axis=d.axis, step=d.step)
 
 
 def _atoms_with_input_masses(job: Job, settings: Settings) -> Atoms:
