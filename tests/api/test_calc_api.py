@@ -87,6 +87,9 @@ def test_parse_h2_shows_atoms_cell_species_and_tasks(client: TestClient, h2_inpu
     assert body["engine"] == "mock"
     assert body["free_molecule"] is True
     assert body["tasks"] == 13  # the reference + 2 atoms x 3 axes x 2 signs
+    assert body["tasks_symmetric"] == 4  # D4h in the cubic box: 9 points are images
+    assert body["spacegroup"] == "P4/mmm (123)" and body["symmetry_operations"] == 16
+    assert parse(client, h2_input, symmetry="off").json()["tasks_symmetric"] == 13
     assert body["warnings"] == []
     assert job_count(client) == 0  # parsing stores nothing
 
@@ -101,6 +104,7 @@ def test_parse_slab_marks_fixed_atoms_and_kpoints(client: TestClient, slab_input
     assert body["cell"][2][2] == pytest.approx(18.0)
     assert body["free_molecule"] is False
     assert body["tasks"] == 13
+    assert body["tasks_symmetric"] == 7  # C4v of the top site: C and O each x/y, z+, z-
 
 
 def test_parse_with_a_mobile_list_and_nfree(client: TestClient, slab_input: str) -> None:
@@ -109,6 +113,7 @@ def test_parse_with_a_mobile_list_and_nfree(client: TestClient, slab_input: str)
     assert body["mobile_default"] == [8, 9]
     assert [a["index"] for a in body["atoms"] if a["mobile"]] == [9]
     assert body["tasks"] == 1 + 3 * 4
+    assert body["tasks_symmetric"] == 1 + 6  # O alone (C4v): x/y by delta, by 2 delta; 4 along z
 
 
 def test_parse_warns_when_the_default_selection_is_over_the_limit(

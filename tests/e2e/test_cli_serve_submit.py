@@ -58,6 +58,7 @@ def test_submit_wait_prints_zpe_and_result_matches(api: str) -> None:
     done = _zpe(api, "submit", str(SAMPLES / "h2o_zpe.in"), "--wait")
     assert done.returncode == 0, done.stderr
     assert "ZPE = " in done.stdout
+    assert "10 SCFs with symmetry (Pmm2 (25)), 19 without" in done.stderr
     job_id = done.stdout.split()[2]
     status = _zpe(api, "status", job_id)
     assert '"state": "done"' in status.stdout

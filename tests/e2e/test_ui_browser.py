@@ -67,6 +67,8 @@ def test_h2_from_paste_to_result_plot_and_csv(page: Page, api_url: str) -> None:
     boxes = page.locator("#atoms-table input.mobile")
     assert [boxes.nth(i).is_checked() for i in range(2)] == [True, True]
     assert "2 mobile atoms → 13 SCF calculations" in page.inner_text("#mobile-summary")
+    # The server's plan: 4 of the 13 points with symmetry, shown before anything runs.
+    page.locator("#mobile-summary", has_text="without symmetry, 4 with it").wait_for()
     assert "Γ point" in page.inner_text("#structure-facts")
     page.select_option("#engine", "mock")
 
@@ -78,8 +80,8 @@ def test_h2_from_paste_to_result_plot_and_csv(page: Page, api_url: str) -> None:
     job_id = match.group(1)
 
     page.locator("#state", has_text="done").wait_for()
-    assert page.inner_text("#progress-text").startswith("13 / 13")
-    page.locator("#task-states", has_text="13 done").wait_for()
+    assert page.inner_text("#progress-text").startswith("4 / 4")
+    page.locator("#task-states", has_text="4 done").wait_for()
     page.locator("#result").wait_for(state="visible")
 
     result = httpx.get(f"{api_url}/calc/zpe/jobs/{job_id}/result").json()

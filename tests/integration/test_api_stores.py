@@ -36,8 +36,9 @@ def _store_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str
     return f"gs://{gcs.bucket}/api-{unique}"
 
 
-def _submit(client: TestClient, text: str) -> str:
-    response = client.post("/calc/zpe/jobs", json={"input_text": text, "engine": "mock"})
+def _submit(client: TestClient, text: str, symmetry: str = "auto") -> str:
+    body = {"input_text": text, "engine": "mock", "symmetry": symmetry}
+    response = client.post("/calc/zpe/jobs", json=body)
     assert response.status_code == 201, response.text
     job_id: str = response.json()["job_id"]
     return job_id
@@ -54,7 +55,7 @@ def test_mock_job_end_to_end_on_each_store(
         job_id = _submit(client, text)
         status = wait_for(client, job_id, timeout=120)
         assert status["state"] == "done", status
-        assert status["progress"]["done"] == status["progress"]["total"] == 19
+        assert status["progress"]["done"] == status["progress"]["total"] == 10  # 19 points
         result = client.get(f"/calc/zpe/jobs/{job_id}/result").json()
         assert result["zpe_ev"] > 0
         assert len([m for m in result["modes"] if m["counted"]]) == 3  # H2O: 3N-6
@@ -67,7 +68,7 @@ def test_mock_job_end_to_end_on_each_store(
         again = _submit(client, text)
         status = wait_for(client, again, timeout=60)
         assert status["state"] == "done"
-        assert status["progress"]["reused"] == 19
+        assert status["progress"]["reused"] == 10
         assert client.get(f"/calc/zpe/jobs/{again}/result").json()["zpe_ev"] == result["zpe_ev"]
 
 
@@ -98,7 +99,7 @@ def test_store_outage_mid_run_answers_503_then_recovers(
         reference = wait_for(client, _submit(client, other), timeout=120)
         assert reference["state"] == "done"
 
-        job_id = _submit(client, text)
+        job_id = _submit(client, text, symmetry="off")  # 13 tasks: some in flight in the outage
         deadline = time.monotonic() + 30
         while client.get(f"/calc/zpe/jobs/{job_id}").json()["progress"]["done"] < 2:
             assert time.monotonic() < deadline, "the job never started"

@@ -69,13 +69,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
             body["mobile"] = [int(x) for x in args.mobile.split(",") if x.strip()]
         except ValueError as exc:
             raise CliError(f"--mobile takes comma-separated atom indices: {exc}") from exc
-    for field in ("engine", "delta", "temperature", "nfree", "label"):
+    for field in ("engine", "delta", "temperature", "nfree", "label", "symmetry"):
         value = getattr(args, field)
         if value is not None:
             body[field] = value
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
     with _client(args) as client:
         try:
+            # What it costs, before anything runs (the same checks as the submission).
+            preview = _check(client.post("/calc/zpe/parse", json=body))
+            sys.stderr.write(_scf_count(preview) + "\n")
             created = _check(client.post("/calc/zpe/jobs", json=body, headers=headers))
         except httpx.HTTPError as exc:
             raise CliError(f"cannot reach the API at {_api_url(args)}: {exc}") from exc
@@ -91,6 +94,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
         result = _check(client.get(f"/calc/zpe/jobs/{job_id}/result"))
         _print_result(result)
     return 0
+
+
+def _scf_count(preview: dict[str, Any]) -> str:
+    """``10 SCFs with symmetry (Pmm2 (25)), 19 without``, from a parse preview."""
+    full, reduced = preview["tasks"], preview["tasks_symmetric"]
+    group = f" ({preview['spacegroup']})" if preview.get("spacegroup") else ""
+    if reduced == full:
+        return f"{full} SCFs (symmetry saves none{group})"
+    return f"{reduced} SCFs with symmetry{group}, {full} without"
 
 
 def _follow(client: httpx.Client, job_id: str, *, timeout: float) -> dict[str, Any]:
@@ -203,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--temperature", type=float, help="K, for the entropy (default 298.15)")
     submit.add_argument("--nfree", type=int, choices=[2, 4])
     submit.add_argument("--label", help="free text to tell this job apart (searchable)")
+    submit.add_argument(
+        "--symmetry",
+        choices=["auto", "off"],
+        help="auto (default): compute only the symmetry-independent points",
+    )
     submit.add_argument("--idempotency-key")
     submit.add_argument("--wait", action="store_true", help="follow the job and print the result")
     submit.add_argument("--timeout", type=float, default=3600.0, help="seconds to --wait")

@@ -17,6 +17,7 @@
   const deltaInput = document.getElementById("delta");
   const temperatureInput = document.getElementById("temperature");
   const nfreeSelect = document.getElementById("nfree");
+  const symmetrySelect = document.getElementById("symmetry");
   const engineSelect = document.getElementById("engine");
   const engineNote = document.getElementById("engine-note");
   const labelInput = document.getElementById("label");
@@ -40,6 +41,9 @@
   // edits of the text for atoms that still exist (same index, same element, not fixed).
   let choice = null; // Map index -> {element, mobile}, or null before the first parse
   let pendingMobile = null; // the mobile set of a job being edited, applied at the first parse
+  let counts = null; // SCF counts of the server's plan for one selection: { key, tasks, symmetric, spacegroup }
+  let countKeyPending = null;
+  let countTimer = null;
 
   // ---------------------------------------------------------------- configuration
 
@@ -238,6 +242,52 @@
     );
   }
 
+  /** What the SCF count depends on besides the text. */
+  function countKey() {
+    return JSON.stringify([parsedText, selectedMobile(), Number(nfreeSelect.value), symmetrySelect.value]);
+  }
+
+  /** Ask the server how many SCFs the selection costs with symmetry (the plan is the server's). */
+  async function fetchCounts(key) {
+    const mobile = selectedMobile();
+    try {
+      const result = await api("/parse", {
+        method: "POST",
+        json: {
+          input_text: parsedText,
+          mobile,
+          nfree: Number(nfreeSelect.value),
+          symmetry: symmetrySelect.value,
+        },
+      });
+      if (key !== countKey()) return;
+      counts = { key, tasks: result.tasks, symmetric: result.tasks_symmetric, spacegroup: result.spacegroup };
+    } catch (error) {
+      if (key !== countKey()) return;
+      counts = null; // the selection itself is reported by formProblem()
+    } finally {
+      if (countKeyPending === key) countKeyPending = null;
+    }
+    updateSummary();
+  }
+
+  function symmetryText(tasks) {
+    if (symmetrySelect.value === "off") return " (symmetry off).";
+    const key = countKey();
+    if (counts && counts.key === key) {
+      const group = counts.spacegroup ? `, ${counts.spacegroup}` : "";
+      return counts.symmetric === tasks
+        ? ` (symmetry saves none${group}).`
+        : ` without symmetry, ${counts.symmetric} with it${group}.`;
+    }
+    if (countKeyPending !== key) {
+      countKeyPending = key;
+      clearTimeout(countTimer);
+      countTimer = setTimeout(() => fetchCounts(key), 150);
+    }
+    return ".";
+  }
+
   /** Count the selection, show how many SCF tasks it costs and whether it can be submitted. */
   function updateSummary() {
     const problem = formProblem();
@@ -254,7 +304,9 @@
     const tasks = mobile.length ? 1 + 3 * nfree * mobile.length : 0;
     const free = mobile.length === preview.natoms && preview.atoms.every((a) => !a.fixed && !a.partially_fixed);
     mobileSummary.textContent =
-      `${mobile.length} mobile atom${mobile.length === 1 ? "" : "s"} → ${tasks} SCF calculations. ` +
+      `${mobile.length} mobile atom${mobile.length === 1 ? "" : "s"} → ${tasks} SCF calculations` +
+      (mobile.length ? symmetryText(tasks) : ".") +
+      " " +
       (free
         ? "Free molecule: the translations and rotations are left out of the ZPE."
         : "Every real mode of the mobile atoms counts in the ZPE.");
@@ -307,6 +359,7 @@
       delta: Number(deltaInput.value),
       temperature: Number(temperatureInput.value),
       nfree: Number(nfreeSelect.value),
+      symmetry: symmetrySelect.value,
     };
     if (engineSelect.value) body.engine = engineSelect.value;
     if (labelInput.value.trim()) body.label = labelInput.value.trim();
@@ -367,7 +420,7 @@
     rememberChoice();
     updateSummary();
   });
-  for (const input of [deltaInput, temperatureInput, nfreeSelect, engineSelect, labelInput]) {
+  for (const input of [deltaInput, temperatureInput, nfreeSelect, symmetrySelect, engineSelect, labelInput]) {
     input.addEventListener("input", updateSummary);
     input.addEventListener("change", updateSummary);
   }
@@ -394,6 +447,7 @@
       delta: deltaInput.value,
       temperature: temperatureInput.value,
       nfree: nfreeSelect.value,
+      symmetry: symmetrySelect.value,
       engine: engineSelect.value,
       label: labelInput.value,
       choice: choice ? Array.from(choice.entries()) : null,
@@ -410,6 +464,7 @@
     if (state.delta) deltaInput.value = state.delta;
     if (state.temperature) temperatureInput.value = state.temperature;
     if (state.nfree) nfreeSelect.value = state.nfree;
+    if (state.symmetry) symmetrySelect.value = state.symmetry;
     if (state.engine && Array.from(engineSelect.options).some((o) => o.value === state.engine)) {
       engineSelect.value = state.engine;
     }
