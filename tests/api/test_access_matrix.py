@@ -612,7 +612,15 @@ def test_auth_mode_none_keeps_admin_and_worker_routes_closed(admin_token: str | 
 # ---------------------------------------------------------------------- worker push app
 
 PUSH_SECRET = "push-secret-for-the-matrix-0123456789"
-PUSH_PRINCIPALS = ("anonymous", "wrong_secret", "api_bearer", "forged_oidc", "secret", "oidc")
+PUSH_PRINCIPALS = (
+    "anonymous",
+    "wrong_secret",
+    "api_bearer",
+    "forged_oidc",
+    "remote_secret",  # the right secret, from another machine: only loopback may use it
+    "secret",
+    "oidc",
+)
 #: (method, path) -> {push auth configured: {principal: status}}
 PUSH_EXPECTED: dict[tuple[str, str], dict[str, dict[str, int]]] = {
     ("GET", "/healthz"): {
@@ -642,6 +650,7 @@ def test_push_worker_matrix(config: str) -> None:
         "store_url": "memory://",
         "default_engine": "mock",
         "push_shared_secret": SecretStr(PUSH_SECRET),
+        "tasks_emulator_host": "127.0.0.1:8123",  # the secret is for the local emulator only
         "oidc_certs_url": certs.url,
     }
     if config == "oidc+secret":
@@ -653,13 +662,17 @@ def test_push_worker_matrix(config: str) -> None:
         "wrong_secret": {"X-ZPE-Push-Secret": PUSH_SECRET[:-1] + "x"},
         "api_bearer": bearer(api_key),
         "forged_oidc": bearer(make_token(other[0])),
+        "remote_secret": {"X-ZPE-Push-Secret": PUSH_SECRET},
         "secret": {"X-ZPE-Push-Secret": PUSH_SECRET},
         "oidc": bearer(make_token(good[0])),
     }
     app = create_worker_app(settings)
     assert app_routes(app) == set(PUSH_EXPECTED), "worker routes without a matrix row"
     try:
-        with TestClient(app) as client:
+        with (
+            TestClient(app, client=("127.0.0.1", 50000)) as client,
+            TestClient(app, client=("203.0.113.9", 40000)) as remote,
+        ):
             service = app.state.service
             text = (SAMPLES / "h2_zpe.in").read_text()
             job, _ = service.submit(
@@ -669,9 +682,10 @@ def test_push_worker_matrix(config: str) -> None:
             for (method, path), by_config in PUSH_EXPECTED.items():
                 expected = by_config[config]
                 for principal in PUSH_PRINCIPALS:
-                    task_id = next(task_ids)
+                    task_id = next(task_ids) if method == "POST" else ""
                     body = {"task_id": task_id} if method == "POST" else None
-                    response = client.request(method, path, json=body, headers=headers[principal])
+                    caller = remote if principal.startswith("remote") else client
+                    response = caller.request(method, path, json=body, headers=headers[principal])
                     where = (config, path, principal, response.text)
                     assert response.status_code == expected[principal], where
                     for credential in (PUSH_SECRET, api_key, *headers["oidc"].values()):

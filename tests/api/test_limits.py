@@ -56,9 +56,11 @@ def test_polling_rate_per_owner(h2_input: str) -> None:
         limited = client.get(url, headers=alice)
         assert_problem(limited, 429, "poll_rate_limited")
         assert int(limited.headers["Retry-After"]) >= 1
-        # Another owner has a bucket of its own; other endpoints are not limited.
+        # Another owner has a bucket of its own; every read route shares the owner's one
+        # (tests/security/test_poll_limit.py goes through each), submissions do not.
         assert_problem(client.get(url, headers=bob), 404, "not_found")
-        assert client.get("/calc/zpe/jobs", headers=alice).status_code == 200
+        assert_problem(client.get("/calc/zpe/jobs", headers=alice), 429, "poll_rate_limited")
+        assert submit(client, h2_input, headers=alice, delta=0.02).status_code == 201
 
 
 def test_default_poll_limit_lets_a_fast_poller_through(client: TestClient, h2_input: str) -> None:

@@ -256,11 +256,15 @@ def test_shared_secret_only_when_configured(certs: CertsServer) -> None:
         oidc_only.authenticate({"x-zpe-push-secret": "anything-at-all-long"})
     assert info.value.status == 401
     secret = "s3cret-value-for-tests"
-    both = PushAuthenticator(_settings(certs.url, push_shared_secret=SecretStr(secret)))
-    assert both.authenticate({"x-zpe-push-secret": secret}) == "shared-secret"
+    both = PushAuthenticator(
+        _settings(
+            certs.url, push_shared_secret=SecretStr(secret), tasks_emulator_host="127.0.0.1:8123"
+        )
+    )
+    assert both.authenticate({"x-zpe-push-secret": secret}, "127.0.0.1") == "shared-secret"
     for wrong in ("", "s3cret-value-for-test", secret + "x"):
         with pytest.raises(AuthError):
-            both.authenticate({"x-zpe-push-secret": wrong})
+            both.authenticate({"x-zpe-push-secret": wrong}, "127.0.0.1")
     with pytest.raises(AuthError):
         both.authenticate({})
 
@@ -269,7 +273,13 @@ def test_worker_refuses_to_start_without_any_authentication() -> None:
     with pytest.raises(ConfigurationError, match="ZPE_PUSH_SHARED_SECRET"):
         PushAuthenticator(Settings(store_url="memory://"))
     with pytest.raises(ConfigurationError, match="at least 16"):
-        PushAuthenticator(Settings(store_url="memory://", push_shared_secret=SecretStr("short")))
+        PushAuthenticator(
+            Settings(
+                store_url="memory://",
+                push_shared_secret=SecretStr("short"),
+                tasks_emulator_host="127.0.0.1:8123",
+            )
+        )
 
 
 def test_unauthenticated_push_runs_nothing(

@@ -20,7 +20,6 @@ server records, the operations switches and their audit trail.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import re
 import secrets
 from typing import Literal
@@ -31,7 +30,7 @@ from zpe_core.errors import AlreadyExists, Forbidden, NotFound, SwitchedOff, Una
 from zpe_core.models import DEFAULT_TARGET, now
 from zpe_core.settings import Settings
 from zpe_core.store.base import JobStore
-from zpe_core.tokens import digest_matches, new_token, split_token, token_digest
+from zpe_core.tokens import digest_matches, new_token, secret_matches, split_token, token_digest
 
 ENROLL_PREFIX = "zpe_enroll_"
 WORKER_PREFIX = "zpe_worker_"
@@ -162,7 +161,7 @@ def check_admin(settings: Settings, presented: str | None) -> None:
         )
     if not presented:
         raise Unauthorized("an admin bearer token is required", code="admin_token_required")
-    if not hmac.compare_digest(token_digest(presented), token_digest(configured)):
+    if not secret_matches(presented, configured):
         raise Unauthorized("the admin token is not valid", code="invalid_token")
 
 

@@ -70,11 +70,24 @@ class ConfigurationError(ZpeError):
     source = ErrorSource.CONFIGURATION
 
 
+#: What a 503 answer says of a store outage. The message itself (file paths, bucket,
+#: host names) is logged, never answered.
+STORE_UNAVAILABLE_REASON = "the job store is unavailable right now; retry later"
+
+
 class StoreUnavailable(ZpeError):
     """The job store cannot be reached; callers answer 503 and may retry."""
 
     code = "store_unavailable"
     source = ErrorSource.STORE
+    retryable = True
+
+
+class AuthUnavailable(ZpeError):
+    """Credentials cannot be checked now (e.g. the signing keys are unreachable): 503."""
+
+    code = "auth_unavailable"
+    source = ErrorSource.CONFIGURATION
     retryable = True
 
 

@@ -9,10 +9,14 @@ Two kinds:
   expiries, retries and dead letters (``JobService.reap`` / ``task_failed``),
   dispatch failures (``JobService._dispatch``) and store errors (every
   ``StoreUnavailable`` raised by a store primitive, by operation);
-* **state** read from the store when scraped (``StoreCollector``): jobs by
-  state and the ready-queue depth. The scan is bounded (``metrics_scan_limit``
-  records) and cached (``metrics_cache_seconds``), so a scrape costs at most
-  that many reads however large the store grows.
+* **state** read from the store (``StoreCollector``): jobs by state and the
+  ready-queue depth. The scan is bounded (``metrics_scan_limit`` records, the
+  listing included) and runs at most once per ``metrics_cache_seconds`` and
+  never twice at once, however often and however many clients scrape: a
+  scrape in between answers the last snapshot (its age is exported), so
+  scraping costs the store at most ``2 x metrics_scan_limit`` reads per
+  interval. ``GET /metrics`` may also want a bearer token (``ZPE_METRICS_TOKEN``,
+  ``check_metrics_token``).
 
 No web framework here: ``render`` returns the text exposition format and the
 API serves it at ``GET /metrics``.
@@ -30,7 +34,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from zpe_core.errors import Unauthorized
 from zpe_core.models import JobState, Task, now
+from zpe_core.tokens import secret_matches
 
 if TYPE_CHECKING:  # the store imports this module (to count its errors)
     from zpe_core.store.base import JobStore
@@ -90,6 +96,19 @@ def observe_task_committed(task: Task) -> None:
     )
 
 
+def check_metrics_token(configured: str | None, presented: str | None) -> None:
+    """With ``ZPE_METRICS_TOKEN`` set, refuse (401) a scrape without that bearer token."""
+    if configured is None:
+        return
+    if not presented:
+        raise Unauthorized(
+            "GET /metrics wants 'Authorization: Bearer <ZPE_METRICS_TOKEN>'",
+            code="metrics_token_required",
+        )
+    if not secret_matches(presented, configured):
+        raise Unauthorized("the metrics token is not valid", code="invalid_metrics_token")
+
+
 def count_store_error(operation: str) -> None:
     STORE_ERRORS.labels(operation=operation).inc()
 
@@ -113,16 +132,28 @@ class StoreCollector(Collector):
         self._cached_at = 0.0
 
     def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            fresh = time.monotonic() - self._cached_at < self.cache_seconds
-            if self._cached is None or not fresh:
-                self._cached = self._scan()
-                self._cached_at = time.monotonic()
-            yield from self._cached
+        # At most one scan at a time and one per ``cache_seconds``: while a scan runs,
+        # other scrapes answer the previous snapshot instead of waiting or piling up.
+        stale = time.monotonic() - self._cached_at >= self.cache_seconds
+        if (self._cached is None or stale) and self._lock.acquire(blocking=self._cached is None):
+            try:
+                if self._cached is None or time.monotonic() - self._cached_at >= self.cache_seconds:
+                    self._cached = self._scan()
+                    self._cached_at = time.monotonic()
+            finally:
+                self._lock.release()
+        assert self._cached is not None
+        age = GaugeMetricFamily(
+            "zpe_metrics_scan_age_seconds",
+            "Age of the store scan behind zpe_jobs and zpe_queue_depth.",
+            value=time.monotonic() - self._cached_at,
+        )
+        yield from [*self._cached, age]
 
     def _scan(self) -> list[Metric]:
         counts = {state.value: 0 for state in JobState}
-        job_ids = self.store.all_job_ids()
+        # A bounded listing (one more than the cap, to tell that there are more).
+        job_ids = self.store.all_job_ids(limit=self.scan_limit + 1)
         truncated = len(job_ids) > self.scan_limit
         for job_id in job_ids[: self.scan_limit]:
             found = self.store.get_job(job_id)

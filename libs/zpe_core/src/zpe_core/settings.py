@@ -143,10 +143,36 @@ class Settings(BaseSettings):
     )
     poll_burst: int = Field(default=300, ge=1, description="Polls allowed in a burst.")
     metrics_scan_limit: int = Field(
-        default=10_000, ge=0, description="Jobs / ready markers read per /metrics scrape (cap)."
+        default=1000, ge=0, description="Jobs / ready markers read per /metrics scrape (cap)."
     )
     metrics_cache_seconds: float = Field(
-        default=5.0, ge=0.0, description="A scrape reuses the store scan this long."
+        default=30.0, ge=0.0, description="Store gauges are rescanned at most this often."
+    )
+
+    # The edge (issue 12; see docs/security.md, "Threat model")
+    metrics_token: SecretStr | None = Field(
+        default=None, description="If set, GET /metrics wants 'Authorization: Bearer <it>'."
+    )
+    allowed_hosts: str = Field(
+        default="",
+        description="Host names accepted besides localhost and the server's own address "
+        "when ZPE_AUTH_MODE=none (DNS rebinding); comma-separated, '*' for any.",
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description="IPs/CIDRs of proxies whose X-Forwarded-For is believed (comma-separated); "
+        "'*': the direct peer is a proxy (Cloud Run). Unset: the peer address is the client.",
+    )
+    iap_audience: str | None = Field(
+        default=None,
+        description="Audience of IAP's signed header X-Goog-IAP-JWT-Assertion, e.g. "
+        "/projects/NUMBER/global/backendServices/ID; required by ZPE_TRUSTED_IDENTITY_HEADER.",
+    )
+    iap_certs_url: str = "https://www.gstatic.com/iap/verify/public_key"
+    ingress: Literal["all", "internal", "internal-and-cloud-load-balancing"] | None = Field(
+        default=None,
+        description="The API's ingress as deployed (Cloud Run); the trusted identity header "
+        "is refused unless it is internal or internal-and-cloud-load-balancing.",
     )
 
     @property

@@ -26,6 +26,11 @@ def digest_matches(token: str, digest: str) -> bool:
     return hmac.compare_digest(token_digest(token), digest)
 
 
+def secret_matches(presented: str, configured: str) -> bool:
+    """Constant-time equality of a presented and a configured secret (of any lengths)."""
+    return hmac.compare_digest(token_digest(presented), token_digest(configured))
+
+
 def new_token(prefix: str, token_id: str) -> str:
     """A fresh ``<prefix><token_id>_<secret>`` with a 256-bit URL-safe secret."""
     return f"{prefix}{token_id}_{secrets.token_urlsafe(32)}"

@@ -6,8 +6,10 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from zpe_api.edge import client_address
 from zpe_core.api_keys import ANONYMOUS, ApiKeyRegistry, resolve_owner
 from zpe_core.compute_servers import ComputeRegistry, ComputeServer, check_admin
+from zpe_core.iap import ASSERTION_HEADER, IapVerifier
 from zpe_core.limits import TokenBucketLimiter
 from zpe_core.pull import PullCoordinator
 from zpe_core.service import JobService
@@ -34,32 +36,41 @@ def current_owner(request: Request, authorization: AuthorizationHeader = None) -
     """The caller's identity (the owner of the jobs it submits and may see).
 
     A bearer API key names its owner (forged or revoked: 401, in every mode);
-    else the trusted identity header, when ``ZPE_TRUSTED_IDENTITY_HEADER`` names
-    one; else ``anonymous`` if ``ZPE_AUTH_MODE=none``, and 401 otherwise.
+    else, when ``ZPE_TRUSTED_IDENTITY_HEADER`` is set, the email of IAP's signed
+    assertion (missing or invalid: 401); else ``anonymous`` if ``ZPE_AUTH_MODE=none``,
+    and 401 otherwise.
     """
     settings = get_app_settings(request)
     identity = None
-    if settings.trusted_identity_header:
-        identity = request.headers.get(settings.trusted_identity_header)
+    if settings.trusted_identity_header and authorization is None:
+        # Identity-aware proxy mode: the identity is that of IAP's signed assertion,
+        # verified; the plain identity header is never believed (anyone can send it).
+        verifier: IapVerifier = request.app.state.iap_verifier
+        identity = verifier.identity(request.headers.get(ASSERTION_HEADER))
     return resolve_owner(
         ApiKeyRegistry(get_store(request)),
         auth_mode=settings.auth_mode,
-        bearer=_bearer(authorization),
+        bearer=bearer_token(authorization),
         authorization_present=authorization is not None,
         identity=identity,
     )
 
 
 async def poll_limit(request: Request, owner: Annotated[str, Depends(current_owner)]) -> None:
-    """429 with ``Retry-After`` when this owner (or, anonymous, this address) polls too fast.
+    """429 with ``Retry-After`` when this owner (or, anonymous, this address) reads too fast.
 
+    Guards every read route of the user API, one bucket per caller for all of them.
+    An authenticated caller is keyed by owner (whatever address it comes from); the
+    anonymous one by client address, as vouched for by ``ZPE_TRUSTED_PROXIES``.
     ``async``: no I/O, and a sync dependency costs a thread-pool hop per request
     (``bench/polling_load.py``)."""
     limiter: TokenBucketLimiter | None = getattr(request.app.state, "poll_limiter", None)
     if limiter is None:
         return
-    client = request.client.host if request.client else "unknown"
-    limiter.check(f"ip:{client}" if owner == ANONYMOUS else f"owner:{owner}")
+    if owner == ANONYMOUS:
+        limiter.check(f"ip:{client_address(request, get_app_settings(request))}")
+    else:
+        limiter.check(f"owner:{owner}")
 
 
 async def _service_dep(request: Request) -> JobService:
@@ -85,7 +96,8 @@ OwnerDep = Annotated[str, Depends(current_owner)]
 # Pull workers and admin (http-pull mode) -------------------------------------------
 
 
-def _bearer(authorization: str | None) -> str | None:
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (``None`` otherwise)."""
     if authorization is None:
         return None
     scheme, _, token = authorization.partition(" ")
@@ -107,18 +119,18 @@ AuthorizationHeader = Annotated[str | None, Header(alias="Authorization", includ
 
 def require_admin(request: Request, authorization: AuthorizationHeader = None) -> str:
     """Admin bearer token check; closed (403) when no admin token is configured."""
-    check_admin(get_app_settings(request), _bearer(authorization))
+    check_admin(get_app_settings(request), bearer_token(authorization))
     return "admin"
 
 
 def require_worker(request: Request, authorization: AuthorizationHeader = None) -> ComputeServer:
     """The compute server whose worker token is presented (401 if none, forged, expired)."""
-    return get_registry(request).authenticate(_bearer(authorization))
+    return get_registry(request).authenticate(bearer_token(authorization))
 
 
 def enroll_token(authorization: AuthorizationHeader = None) -> str | None:
     """The enroll token presented as the bearer of ``POST /calc/zpe/compute/servers``."""
-    return _bearer(authorization)
+    return bearer_token(authorization)
 
 
 def require_submission_enabled(request: Request) -> None:

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
+from zpe_api.edge import install_host_check, trusted_networks
 from zpe_api.observability import install_observability
-from zpe_api.problems import install_problem_handlers, problem, problem_responses
+from zpe_api.problems import install_problem_handlers, problem_responses
 from zpe_api.routers import admin, api_keys, calc, compute, health, jobs, metrics, ui
+from zpe_api.routers.compute import RESULT_PATH
 from zpe_core import __version__
+from zpe_core.body_limit import BodyLimit, RouteLimit
 from zpe_core.dispatch import InProcessDispatcher, JobDispatcher, PullDispatcher
 from zpe_core.errors import ConfigurationError, ZpeError
+from zpe_core.iap import IapVerifier
 from zpe_core.maintenance import Reaper
 from zpe_core.service import JobService
 from zpe_core.settings import Settings, get_settings
@@ -96,23 +100,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_problem_handlers(app)
-    body_cap = settings.max_input_bytes + 64 * 1024
-
-    @app.middleware("http")
-    async def cap_body_size(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > body_cap):
-            return problem(
-                413,
-                "request_too_large",
-                "Request too large",
-                f"request bodies are limited to {body_cap} bytes",
-                instance=request.url.path,
-            )
-        return await call_next(request)
-
+    # Refuses ZPE_TRUSTED_IDENTITY_HEADER without IAP's audience or behind a public ingress.
+    app.state.iap_verifier = IapVerifier(settings) if settings.trusted_identity_header else None
+    trusted_networks(settings.trusted_proxies)  # a malformed ZPE_TRUSTED_PROXIES fails here
+    # The body cap wraps everything but the request ids: a chunked body without a
+    # Content-Length is cut at the cap before any route or credential check runs.
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_input_bytes + 64 * 1024,
+        routes=[
+            RouteLimit(RESULT_PATH, settings.max_result_bytes, "result_too_large", "worker results")
+        ],
+    )
+    install_host_check(app, settings)  # DNS rebinding (ZPE_AUTH_MODE=none only)
     install_observability(app, settings)  # request ids (outermost), poll limiter, secrets
     app.include_router(health.router)
     app.include_router(metrics.router)

@@ -68,6 +68,11 @@ def install_observability(app: FastAPI, settings: Settings) -> None:
         if settings.poll_rate_per_second > 0
         else None
     )
-    for secret in (settings.admin_token, settings.push_shared_secret, settings.api_key):
+    for secret in (
+        settings.admin_token,
+        settings.push_shared_secret,
+        settings.api_key,
+        settings.metrics_token,
+    ):
         if secret is not None:
             register_secret(secret.get_secret_value())

@@ -13,7 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zpe_core.errors import (
+    STORE_UNAVAILABLE_REASON,
     ArtifactTooLarge,
+    AuthUnavailable,
     ConfigurationError,
     Forbidden,
     InputError,
@@ -38,6 +40,7 @@ _STATUS: list[tuple[type[ZpeError], int]] = [
     (NotFound, 404),
     (StateConflict, 409),
     (StoreUnavailable, 503),
+    (AuthUnavailable, 503),
     (SwitchedOff, 503),
     (Unauthorized, 401),
     (Forbidden, 403),
@@ -131,13 +134,21 @@ def install_problem_handlers(app: FastAPI) -> None:
             headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
         if status == 401:
             headers = {"WWW-Authenticate": 'Bearer realm="zpe"'}
-        if status >= 500:
+        detail = exc.message
+        if isinstance(exc, StoreUnavailable):
+            # The message names paths, buckets or hosts: for the log, not for the caller.
+            log.error(
+                "store unavailable",
+                extra={"code": exc.code, "path": request.url.path, "error": exc.message},
+            )
+            detail = STORE_UNAVAILABLE_REASON
+        elif status >= 500:
             log.error("request failed", extra={"code": exc.code, "path": request.url.path})
         return problem(
             status,
             exc.code,
             type(exc).__name__,
-            exc.message,
+            detail,
             instance=request.url.path,
             headers=headers,
             source=exc.source.value,

@@ -37,7 +37,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zpe_core import __version__
-from zpe_core.errors import NotFound, StateConflict, ZpeError
+from zpe_core.body_limit import BodyLimit
+from zpe_core.errors import (
+    STORE_UNAVAILABLE_REASON,
+    NotFound,
+    StateConflict,
+    StoreUnavailable,
+    ZpeError,
+)
 from zpe_core.logs import REQUEST_ID_HEADER, log_context, valid_request_id
 from zpe_core.models import Task, TaskState
 from zpe_core.runner import Outcome, run_task
@@ -153,6 +160,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.draining = draining
     app.state.in_flight = in_flight
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)  # chunked bodies too, before auth
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -162,15 +170,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def run(request: Request) -> JSONResponse:
         headers = {k.lower(): v for k, v in request.headers.items()}
         try:
-            caller = await asyncio.to_thread(authenticator.authenticate, headers)
+            peer = request.client.host if request.client else None
+            caller = await asyncio.to_thread(authenticator.authenticate, headers, peer)
         except AuthError as exc:
             log.warning("push request refused", extra={"code": exc.code, "status": exc.status})
             return _problem(exc.status, exc.code, exc.message)
         if draining.is_set():
             return _problem(503, "worker_draining", "this instance is shutting down")
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            return _problem(413, "request_too_large", f"bodies are limited to {MAX_BODY_BYTES} B")
+        raw = await request.body()  # at most MAX_BODY_BYTES: BodyLimit cut the stream there
         try:
             body = RunRequest.model_validate_json(raw)
         except ValidationError as exc:
@@ -205,6 +212,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         try:
             outcome = await _in_thread(execute)
+        except StoreUnavailable as exc:  # the reason (paths, bucket, host) goes to the log only
+            log.warning(
+                "task delivery failed", extra={**extra, "code": exc.code, "error": exc.message}
+            )
+            return _problem(503, exc.code, STORE_UNAVAILABLE_REASON)
         except ZpeError as exc:
             log.warning("task delivery failed", extra={**extra, "code": exc.code})
             return _problem(503, exc.code, exc.message)

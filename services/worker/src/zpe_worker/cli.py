@@ -125,9 +125,14 @@ def _add_pull_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from zpe_core.errors import ConfigurationError
     from zpe_worker.serve import serve
 
-    serve(args.host, args.port)
+    try:
+        serve(args.host, args.port)
+    except ConfigurationError as exc:
+        print(f"zpe-worker serve: {exc.message}", file=sys.stderr)
+        return 2
     return 0
 
 

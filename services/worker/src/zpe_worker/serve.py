@@ -14,6 +14,8 @@ from types import FrameType
 
 import uvicorn
 
+from zpe_core.errors import ConfigurationError
+from zpe_core.hosts import is_loopback
 from zpe_core.settings import Settings
 from zpe_worker.app import create_app
 
@@ -33,6 +35,13 @@ class DrainingServer(uvicorn.Server):
 def serve(host: str, port: int, settings: Settings | None = None) -> None:
     """Run the worker app until SIGTERM/SIGINT."""
     settings = settings or Settings()
+    if settings.push_shared_secret is not None and not is_loopback(host):
+        raise ConfigurationError(
+            f"ZPE_PUSH_SHARED_SECRET is set, so the worker listens on loopback only "
+            f"(next to the local Cloud Tasks emulator): --host {host} is refused; use "
+            "--host 127.0.0.1, or OIDC (ZPE_WORKER_AUDIENCE, ZPE_TASKS_INVOKER_EMAIL) instead",
+            code="invalid_setting",
+        )
     app = create_app(settings)
     config = uvicorn.Config(
         app,

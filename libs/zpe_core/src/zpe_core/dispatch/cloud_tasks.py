@@ -2,7 +2,8 @@
 
 Each task POSTs ``{"task_id": ...}`` to the worker service's
 ``/internal/tasks/run`` with an OIDC token of the invoker service account
-(or, for the emulator and local runs, the shared-secret header). Task names
+(or, next to the local emulator only, the shared-secret header: see
+``check_push_secret``). Task names
 are deterministic, ``<task_id>-<attempts>-<epoch>``: a re-dispatch of the
 same queued task (a second job wanting it, a restart, a reconciler round) is
 de-duplicated by Cloud Tasks (``AlreadyExists`` counts as success), while a
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from zpe_core.dispatch.base import DispatchError, JobDispatcher
 from zpe_core.errors import ConfigurationError, ErrorSource
+from zpe_core.hosts import is_loopback
 from zpe_core.logs import REQUEST_ID_HEADER, current_request_id
 from zpe_core.models import ErrorInfo, Task, TaskState, now
 from zpe_core.settings import Settings
@@ -46,8 +48,30 @@ _QUEUE_RE = re.compile(r"^projects/[^/]+/locations/[^/]+/queues/[A-Za-z0-9-]+$")
 _MAX_DISPATCH_DEADLINE = 1800.0  # Cloud Tasks' limit for HTTP targets
 
 
+def check_push_secret(settings: Settings) -> None:
+    """``ZPE_PUSH_SHARED_SECRET`` belongs next to the local Cloud Tasks emulator only.
+
+    The emulator sends no OIDC token, so there the secret stands in for it. Anywhere
+    else it would be a second, weaker way in (one static value that never expires),
+    so a secret without ``ZPE_TASKS_EMULATOR_HOST`` on a loopback address is refused
+    at start (by the API's dispatcher and by the worker service alike).
+    """
+    if settings.push_shared_secret is None:
+        return
+    emulator = settings.tasks_emulator_host
+    if emulator is None or not is_loopback(emulator):
+        raise ConfigurationError(
+            "ZPE_PUSH_SHARED_SECRET is only for the local Cloud Tasks emulator: it needs "
+            "ZPE_TASKS_EMULATOR_HOST on a loopback address (127.0.0.1:PORT), got "
+            f"{emulator!r}; real Cloud Tasks authenticates with OIDC (ZPE_WORKER_AUDIENCE, "
+            "ZPE_TASKS_INVOKER_EMAIL), so unset the secret",
+            code="invalid_setting",
+        )
+
+
 def validate_settings(settings: Settings) -> None:
     """Refuse to start in cloud-tasks mode without what it needs; name the missing setting."""
+    check_push_secret(settings)
     missing: list[str] = []
     if not settings.tasks_queue:
         missing.append("ZPE_TASKS_QUEUE (projects/P/locations/L/queues/Q)")
@@ -174,7 +198,9 @@ class CloudTasksDispatcher(JobDispatcher):
         from google.cloud import tasks_v2
 
         headers = {"Content-Type": "application/json"}
-        if self.settings.push_shared_secret is not None:
+        # Only towards the emulator (check_push_secret refused the secret anywhere else;
+        # this test keeps it so should that check ever move).
+        if self.settings.push_shared_secret is not None and self.settings.tasks_emulator_host:
             headers[SECRET_HEADER] = self.settings.push_shared_secret.get_secret_value()
         request_id = current_request_id()
         if request_id:  # the submitting request, for the worker's logs

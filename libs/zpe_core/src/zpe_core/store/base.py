@@ -196,9 +196,9 @@ class JobStore(ABC):
         next_cursor = page_keys[-1][len(prefix) :] if len(keys) > limit else None
         return jobs, next_cursor
 
-    def all_job_ids(self) -> list[str]:
-        """Every job id (for recovery and admin scans)."""
-        return [key.split("/", 1)[1] for key in self._iter_keys("jobs/")]
+    def all_job_ids(self, *, limit: int | None = None) -> list[str]:
+        """Every job id (for recovery and admin scans), or the first ``limit`` of them."""
+        return [key.split("/", 1)[1] for key in self._iter_keys("jobs/", limit=limit)]
 
     # ------------------------------------------------------------------ idempotency
 
@@ -564,13 +564,16 @@ class JobStore(ABC):
         found = (self.get_document(key, model) for key in keys)
         return [item.value for item in found if item is not None]
 
-    def _iter_keys(self, prefix: str) -> list[str]:
+    def _iter_keys(self, prefix: str, *, limit: int | None = None) -> list[str]:
         keys: list[str] = []
         start: str | None = None
         while True:
-            page = self._list(prefix, start_after=start, limit=1000)
+            size = 1000 if limit is None else min(1000, limit - len(keys))
+            if size <= 0:
+                return keys
+            page = self._list(prefix, start_after=start, limit=size)
             keys.extend(page)
-            if len(page) < 1000:
+            if len(page) < size:
                 return keys
             start = page[-1]
 

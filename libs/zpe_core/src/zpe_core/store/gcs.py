@@ -225,7 +225,10 @@ class GcsJobStore(JobStore):
                     break
             return out
 
-        return self._call("list", run)
+        try:
+            return self._call("list", run)
+        except gexc.NotFound:  # a listing finds no bucket (not a 500: issue 12)
+            raise StoreUnavailable(f"{self.display}: bucket {self.bucket_name} not found") from None
 
     def _put_blob(self, key: str, data: bytes) -> None:
         self._upload(self._blobs + key, data, None)

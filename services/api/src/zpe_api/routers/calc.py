@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from zpe_api.deps import SettingsDep, current_owner
+from zpe_api.deps import SettingsDep, poll_limit
 from zpe_api.problems import problem_responses
 from zpe_core.models import JobRequest
 from zpe_core.preview import ClientConfig, InputPreview, client_config, preview_request
 
 # Part of the user API: the caller is identified as for jobs (in ``ZPE_AUTH_MODE=api-keys``
-# anonymous callers get 401, and a forged or revoked key is refused in every mode).
+# anonymous callers get 401, and a forged or revoked key is refused in every mode), and
+# reads count against the caller's polling budget like the job reads (429 past it).
 router = APIRouter(
     prefix="/calc/zpe",
     tags=["calc"],
-    dependencies=[Depends(current_owner)],
-    responses=problem_responses(401),
+    dependencies=[Depends(poll_limit)],
+    responses=problem_responses(401, 429),
 )
 
 

@@ -8,6 +8,7 @@ runs in the thread pool; the lease long-poll waits asynchronously.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Annotated
 
@@ -37,9 +38,12 @@ from zpe_api.deps import (
     SettingsDep,
     WorkerDep,
 )
-from zpe_core.errors import Forbidden, InputError, InputTooLarge, Unauthorized
+from zpe_core.errors import Forbidden, InputError, Unauthorized
 
 router = APIRouter(prefix="/calc/zpe/compute", tags=["compute servers"])
+#: The result route, whose body cap is ``ZPE_MAX_RESULT_BYTES`` (checked by ``BodyLimit``
+#: on the stream, before the result is parsed).
+RESULT_PATH = re.compile(r"/calc/zpe/compute/tasks/[^/]+/result")
 
 #: How often a waiting lease request looks at the queue again.
 POLL_INTERVAL_SECONDS = 0.5
@@ -207,23 +211,16 @@ def _event_id(body_value: str | None, header: str | None) -> str:
 async def submit_result(
     task_id: str,
     body: ResultSubmission,
-    request: Request,
     server: WorkerDep,
     coordinator: CoordinatorDep,
-    settings: SettingsDep,
     x_event_id: EventIdHeader = None,
 ) -> dict[str, object]:
-    """Commit energy and forces, validated now (engine, natoms x 3, finite, size).
+    """Commit energy and forces, validated now (engine, natoms x 3, finite); a body over
+    ``ZPE_MAX_RESULT_BYTES`` is refused (413 ``result_too_large``) before it is parsed.
 
     409 if the lease is stale or another server's; a repeat with the same event
     id is answered the same.
     """
-    size = len(await request.body())
-    if size > settings.max_result_bytes:
-        raise InputTooLarge(
-            f"the result is {size} bytes; at most {settings.max_result_bytes} are accepted",
-            code="result_too_large",
-        )
     event_id = _event_id(body.event_id, x_event_id)
     return await run_in_threadpool(
         lambda: coordinator.submit_result(

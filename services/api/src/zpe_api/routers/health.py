@@ -17,6 +17,6 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(store: StoreDep, settings: SettingsDep) -> dict[str, str]:
-    """The store answers (a ``StoreUnavailable`` becomes a 503 with the reason)."""
+    """The store answers (else 503 ``store_unavailable``; the reason is logged)."""
     store.ping()
     return {"status": "ready", "execution_mode": settings.execution_mode}

@@ -66,7 +66,11 @@ def submit_job(
     )
 
 
-@router.get("/jobs", response_model=JobList)
+#: Every read route: one polling budget per caller (``poll_limit``), 429 past it.
+READ = [Depends(poll_limit)]
+
+
+@router.get("/jobs", response_model=JobList, responses=problem_responses(429), dependencies=READ)
 def list_jobs(
     service: ServiceDep,
     owner: OwnerDep,
@@ -96,7 +100,7 @@ def list_jobs(
 @router.get(
     "/jobs/{job_id}",
     response_model=JobStatus,
-    dependencies=[Depends(poll_limit)],
+    dependencies=READ,
     responses={
         304: {"description": "Not modified since the ETag given in If-None-Match"},
         **problem_responses(404, 429),
@@ -122,20 +126,25 @@ def get_job(
     return JSONResponse(status.model_dump(mode="json"), headers=headers)
 
 
-@router.get("/jobs/{job_id}/tasks", response_model=TaskStates, responses=problem_responses(404))
+@router.get(
+    "/jobs/{job_id}/tasks",
+    response_model=TaskStates,
+    responses=problem_responses(404, 429),
+    dependencies=READ,
+)
 def get_task_states(job_id: str, service: ServiceDep, owner: OwnerDep) -> TaskStates:
     """How many of the job's tasks are in each state (costlier than the status)."""
     job, _ = service.get_job(job_id, owner=owner)
     return TaskStates(job_id=job_id, states=service.task_states(job))
 
 
-@router.get("/jobs/{job_id}/result", responses=problem_responses(404, 409))
+@router.get("/jobs/{job_id}/result", responses=problem_responses(404, 409, 429), dependencies=READ)
 def get_result(job_id: str, service: ServiceDep, owner: OwnerDep) -> dict[str, Any]:
     """The result document; 409 until the job is done."""
     return service.get_result(job_id, owner=owner)
 
 
-@router.get("/jobs/{job_id}/files", responses=problem_responses(404, 409))
+@router.get("/jobs/{job_id}/files", responses=problem_responses(404, 409, 429), dependencies=READ)
 def get_file(
     job_id: str,
     service: ServiceDep,
