@@ -833,7 +833,16 @@ def run_push(workdir: Path, redis: RedisServer, *, jobs: int, seed: int) -> Push
         worker_url = f"http://127.0.0.1:{worker_port}"
         api_url = f"http://127.0.0.1:{api_port}"
         worker = Service(
-            [sys.executable, "-m", "zpe_worker.cli", "serve", "--port", str(worker_port)],
+            [
+                sys.executable,
+                "-m",
+                "zpe_worker.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(worker_port),
+            ],
             env,
             workdir / "push-worker.log",
             worker_url,

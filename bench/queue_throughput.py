@@ -333,7 +333,16 @@ def run_cloud_tasks(store_url: str, n: int, workdir: Path) -> float:
             "ZPE_PUSH_SHARED_SECRET": "bench-push-secret",
         }
         worker = Proc(
-            [sys.executable, "-m", "zpe_worker.cli", "serve", "--port", str(worker_port)],
+            [
+                sys.executable,
+                "-m",
+                "zpe_worker.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(worker_port),
+            ],
             env,
             workdir / "worker.log",
         )

@@ -185,7 +185,14 @@ def test_no_secret_in_logs_answers_or_records(run_dir: Path) -> None:
             "push-worker",
             [sys.executable, "-m", "zpe_worker.cli", "serve", "--host", "127.0.0.1",
              "--port", str(push_port)],
-            {**base_env, "ZPE_STORE_URL": store_url, "ZPE_PUSH_SHARED_SECRET": push_secret},
+            {
+                **base_env,
+                "ZPE_STORE_URL": store_url,
+                "ZPE_PUSH_SHARED_SECRET": push_secret,
+                # The secret is for the local emulator only (nobody listens there: the
+                # test pushes to the worker itself).
+                "ZPE_TASKS_EMULATOR_HOST": "127.0.0.1:9",
+            },
             logs,
         )  # fmt: skip
         procs.append(push)

@@ -107,7 +107,16 @@ class Stack:
             **{k[4:].lower(): v for k, v in self.env.items() if k.startswith("ZPE_")}
         )
         self.worker = Proc(
-            [sys.executable, "-m", "zpe_worker.cli", "serve", "--port", str(self.worker_port)],
+            [
+                sys.executable,
+                "-m",
+                "zpe_worker.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.worker_port),
+            ],
             self.env,
             workdir / "worker.log",
             f"{self.worker_url}/healthz",
