@@ -45,7 +45,8 @@ class Proc:
         self.argv, self.env, self.log, self.health = argv, env, log, health
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60.0, **extra_env: str) -> None:
+    def start(self, timeout: float = 180.0, **extra_env: str) -> None:
+        # (Imports alone took 70 s on a machine at load 20: start-up time is not under test.)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 self.argv, env={**self.env, **extra_env}, stdout=log, stderr=subprocess.STDOUT

@@ -34,7 +34,7 @@ def server_process(
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, env=full_env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 180  # start-up alone can take a minute under load
             while True:
                 try:
                     if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).is_success:
