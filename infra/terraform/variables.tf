@@ -58,6 +58,29 @@ variable "store" {
   }
 }
 
+# --- users and engine version --------------------------------------------------------------
+
+variable "auth_mode" {
+  description = "ZPE_AUTH_MODE of the API: api-keys (a bearer API key is required on the user API) or none (every caller is the one user 'anonymous'; refused whenever the API is public, i.e. in http-pull mode or with api_allow_unauthenticated)."
+  type        = string
+  default     = "api-keys"
+  validation {
+    condition     = contains(["api-keys", "none"], var.auth_mode)
+    error_message = "auth_mode must be api-keys or none."
+  }
+}
+
+variable "qe_version" {
+  description = "ZPE_QE_VERSION of the API and the worker: the version of pw.x in the worker image (e.g. 6.7MaX), which enters every task key. cloudbuild.yaml reads it from the image it built (zpe-worker qe-version). Required when the qe engine is allowed in cloud-tasks or http-pull mode."
+  type        = string
+  default     = null
+  nullable    = true
+  validation {
+    condition     = var.qe_version == null || can(regex("^[0-9]+\\.[0-9]+[0-9A-Za-z.+-]*$", var.qe_version))
+    error_message = "qe_version must be a pw.x version such as 6.7MaX or 7.2."
+  }
+}
+
 # --- images ----------------------------------------------------------------------------------
 
 variable "api_image" {
