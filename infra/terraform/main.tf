@@ -234,6 +234,9 @@ module "api" {
       ZPE_LEASE_SECONDS            = tostring(var.lease_seconds)
       ZPE_REDISPATCH_AFTER_SECONDS = tostring(var.redispatch_after_seconds)
     },
+    # auth_mode = "none" only on a private API (deployment_rules): every caller has passed
+    # Cloud Run IAM, so the app may serve 'anonymous' on Cloud Run's non-loopback address.
+    var.auth_mode == "none" ? { ZPE_ALLOW_ANONYMOUS_NETWORK = "true" } : {},
     local.cloud_tasks ? {
       ZPE_TASKS_QUEUE         = module.task_queue[0].id
       ZPE_WORKER_URL          = module.worker[0].uri

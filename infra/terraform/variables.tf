@@ -71,13 +71,13 @@ variable "auth_mode" {
 }
 
 variable "qe_version" {
-  description = "ZPE_QE_VERSION of the API and the worker: the version of pw.x in the worker image (e.g. 6.7MaX), which enters every task key. cloudbuild.yaml reads it from the image it built (zpe-worker qe-version). Required when the qe engine is allowed in cloud-tasks or http-pull mode."
+  description = "ZPE_QE_VERSION of the API and the worker: the qe engine version of the worker image's pw.x (e.g. qe-6.7MaX), which enters every task key. cloudbuild.yaml reads it from the image it built (zpe-worker qe-version). Required when the qe engine is allowed in cloud-tasks or http-pull mode."
   type        = string
   default     = null
   nullable    = true
   validation {
-    condition     = var.qe_version == null || can(regex("^[0-9]+\\.[0-9]+[0-9A-Za-z.+-]*$", var.qe_version))
-    error_message = "qe_version must be a pw.x version such as 6.7MaX or 7.2."
+    condition     = var.qe_version == null || can(regex("^qe-[0-9]+\\.[0-9]+[0-9A-Za-z.+-]*$", var.qe_version))
+    error_message = "qe_version must be the qe engine version of a pw.x, such as qe-6.7MaX or qe-7.2 (zpe-worker qe-version prints it)."
   }
 }
 

@@ -8,4 +8,4 @@ redis_tier     = "BASIC"
 
 api_image    = "europe-west1-docker.pkg.dev/zpe-example/zpe-images/zpe-api@sha256:1111111111111111111111111111111111111111111111111111111111111111"
 worker_image = "europe-west1-docker.pkg.dev/zpe-example/zpe-images/zpe-worker@sha256:2222222222222222222222222222222222222222222222222222222222222222"
-qe_version   = "6.7MaX"
+qe_version   = "qe-6.7MaX"

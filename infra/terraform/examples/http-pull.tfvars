@@ -6,4 +6,4 @@ execution_mode = "http-pull"
 store          = "gcs"
 
 api_image  = "europe-west1-docker.pkg.dev/zpe-example/zpe-images/zpe-api@sha256:1111111111111111111111111111111111111111111111111111111111111111"
-qe_version = "6.7MaX"
+qe_version = "qe-6.7MaX"

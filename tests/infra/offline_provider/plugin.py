@@ -8,7 +8,10 @@ certificate, tfplugin6 stubs)::
 Terraform itself checks a configuration against the schema (unknown arguments and blocks,
 missing required ones, value types, block counts); this plugin only has to hand the schema
 over and answer plans: a create is planned as the proposed state with every computed-only
-attribute unknown ("known after apply"), and optional arguments left unset stay null.
+attribute unknown ("known after apply"), and optional arguments left unset stay null, except
+the few attributes in :data:`DERIVED` that Google derives from the arguments alone (a service
+account's email, a queue's id): those are planned with the value apply will give them, where
+the real provider would say "known after apply", so tests can say who holds which role.
 ``apply`` is refused: nothing here talks to Google.
 """
 
@@ -24,7 +27,7 @@ from typing import Any
 import msgpack  # type: ignore[import-not-found]
 import tf.provider  # type: ignore[import-not-found]
 from tf.gen import tfplugin_pb2 as pb  # type: ignore[import-not-found]
-from tf.gen import tfplugin_pb2_grpc as rpc  # type: ignore[import-not-found]
+from tf.gen import tfplugin_pb2_grpc as rpc
 from tf.runner import run_provider  # type: ignore[import-not-found]
 
 UNKNOWN = msgpack.ExtType(0, b"")
@@ -71,6 +74,42 @@ def block_pb(block: dict[str, Any]) -> Any:
             for name, nested in sorted(block.get("block_types", {}).items())
         ],
     )
+
+
+def _sa_email(v: dict[str, Any]) -> str:
+    return f"{v['account_id']}@{v['project']}.iam.gserviceaccount.com"
+
+
+# resource type -> attribute -> its value from the known arguments (Google's naming rules).
+DERIVED: dict[str, dict[str, Any]] = {
+    "google_service_account": {
+        "email": _sa_email,
+        "member": lambda v: f"serviceAccount:{_sa_email(v)}",
+        "name": lambda v: f"projects/{v['project']}/serviceAccounts/{_sa_email(v)}",
+        "id": lambda v: f"projects/{v['project']}/serviceAccounts/{_sa_email(v)}",
+    },
+    "google_cloud_tasks_queue": {
+        "id": lambda v: f"projects/{v['project']}/locations/{v['location']}/queues/{v['name']}",
+    },
+    "google_secret_manager_secret": {
+        "id": lambda v: f"projects/{v['project']}/secrets/{v['secret_id']}",
+        "name": lambda v: f"projects/{v['project']}/secrets/{v['secret_id']}",
+    },
+}
+
+
+def derive(type_name: str, planned: dict[str, Any]) -> dict[str, Any]:
+    """Fill the :data:`DERIVED` attributes whose inputs are all known strings."""
+    out = dict(planned)
+    for name, rule in DERIVED.get(type_name, {}).items():
+        if name not in out:
+            continue
+        try:
+            value = rule({k: v for k, v in planned.items() if isinstance(v, str)})
+        except KeyError:  # an input is unknown or unset: leave it unknown
+            continue
+        out[name] = value
+    return out
 
 
 def plan_block(block: dict[str, Any], value: Any) -> Any:
@@ -140,6 +179,7 @@ class SchemaProvider(rpc.ProviderServicer):  # type: ignore[misc]
         if proposed is None or prior is not None:  # destroy, or an update: as proposed
             return pb.PlanResourceChange.Response(planned_state=request.proposed_new_state)
         planned = plan_block(self.resources[request.type_name]["block"], proposed)
+        planned = derive(request.type_name, planned)
         return pb.PlanResourceChange.Response(planned_state=encode(planned))
 
     def ApplyResourceChange(self, request: Any, context: Any) -> Any:
@@ -169,7 +209,7 @@ def main() -> None:
     # run_provider does the go-plugin handshake (AutoMTLS, tfplugin6 over a unix socket,
     # controller and stdio services) around tf's own servicer; ours replaces it.
     tf.provider.ProviderServicer = lambda _app: servicer
-    run_provider(None, [sys.argv[0]])  # type: ignore[arg-type]
+    run_provider(None, [sys.argv[0]])
 
 
 if __name__ == "__main__":

@@ -133,9 +133,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_qe_version(args: argparse.Namespace) -> int:
     """Print this machine's pw.x version (what ZPE_QE_VERSION must be for its tasks)."""
-    from zpe_core.engines.qe import detect_pw_version
+    from zpe_core.engines.qe import engine_version_of
 
-    version = detect_pw_version(args.pw_command or Settings().pw_command)
+    version = engine_version_of(args.pw_command or Settings().pw_command)
     if version is None:
         print("cannot read a version from pw.x (is it installed?)", file=sys.stderr)
         return 1
