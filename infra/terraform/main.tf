@@ -34,6 +34,11 @@ locals {
   allowed_engines = local.inprocess ? "mock" : var.allowed_engines
   default_engine  = local.inprocess ? "mock" : var.default_engine
 
+  # The pw.x version of the worker image enters every task key: the API (which plans tasks)
+  # and the worker (which runs them) must agree on it, so both get the same value.
+  qe_version_env   = var.qe_version == null ? {} : { ZPE_QE_VERSION = var.qe_version }
+  needs_qe_version = !local.inprocess && contains([for e in split(",", local.allowed_engines) : trimspace(e)], "qe")
+
   worker_pw_command = coalesce(var.worker_pw_command, "mpirun --bind-to none -np ${var.worker_cpu} pw.x")
 
   redis_ca_dir = "/etc/zpe/redis-ca"
@@ -168,7 +173,7 @@ module "worker" {
   min_instances   = var.worker_min_instances
   max_instances   = var.worker_max_instances
 
-  env = merge(local.store_env, {
+  env = merge(local.store_env, local.qe_version_env, {
     ZPE_EXECUTION_MODE     = var.execution_mode
     ZPE_PW_COMMAND         = local.worker_pw_command
     ZPE_PSEUDO_DIR         = "/usr/share/espresso/pseudo"
@@ -220,13 +225,18 @@ module "api" {
 
   env = merge(
     local.store_env,
+    local.qe_version_env,
     {
       ZPE_EXECUTION_MODE           = var.execution_mode
+      ZPE_AUTH_MODE                = var.auth_mode
       ZPE_DEFAULT_ENGINE           = local.default_engine
       ZPE_ALLOWED_ENGINES          = local.allowed_engines
       ZPE_LEASE_SECONDS            = tostring(var.lease_seconds)
       ZPE_REDISPATCH_AFTER_SECONDS = tostring(var.redispatch_after_seconds)
     },
+    # auth_mode = "none" only on a private API (deployment_rules): every caller has passed
+    # Cloud Run IAM, so the app may serve 'anonymous' on Cloud Run's non-loopback address.
+    var.auth_mode == "none" ? { ZPE_ALLOW_ANONYMOUS_NETWORK = "true" } : {},
     local.cloud_tasks ? {
       ZPE_TASKS_QUEUE         = module.task_queue[0].id
       ZPE_WORKER_URL          = module.worker[0].uri
@@ -245,6 +255,7 @@ module "api" {
   vpc = module.job_store.vpc
 
   depends_on = [
+    terraform_data.deployment_rules,
     google_project_service.apis,
     google_secret_manager_secret_iam_member.api_admin_token,
     google_secret_manager_secret_iam_member.api_store_url,
@@ -255,4 +266,19 @@ module "api" {
     google_service_account_iam_member.api_acts_as_invoker,
     module.task_queue,
   ]
+}
+
+# Rules across variables, checked at plan time before anything is created (terraform_data is
+# Terraform's built-in provider: nothing to download, nothing created in the project).
+resource "terraform_data" "deployment_rules" {
+  lifecycle {
+    precondition {
+      condition     = !(local.api_public && var.auth_mode == "none")
+      error_message = "auth_mode = \"none\" makes every caller the same user 'anonymous', but this API is public (http-pull mode, or api_allow_unauthenticated = true). Use auth_mode = \"api-keys\"."
+    }
+    precondition {
+      condition     = !local.needs_qe_version || var.qe_version != null
+      error_message = "qe_version is required with execution_mode = \"${var.execution_mode}\" and the qe engine allowed: without ZPE_QE_VERSION the API refuses every qe job (engine_version_unset). cloudbuild.yaml passes it from the worker image (zpe-worker qe-version)."
+    }
+  }
 }

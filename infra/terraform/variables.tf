@@ -58,6 +58,29 @@ variable "store" {
   }
 }
 
+# --- users and engine version --------------------------------------------------------------
+
+variable "auth_mode" {
+  description = "ZPE_AUTH_MODE of the API: api-keys (a bearer API key is required on the user API) or none (every caller is the one user 'anonymous'; refused whenever the API is public, i.e. in http-pull mode or with api_allow_unauthenticated)."
+  type        = string
+  default     = "api-keys"
+  validation {
+    condition     = contains(["api-keys", "none"], var.auth_mode)
+    error_message = "auth_mode must be api-keys or none."
+  }
+}
+
+variable "qe_version" {
+  description = "ZPE_QE_VERSION of the API and the worker: the qe engine version of the worker image's pw.x (e.g. qe-6.7MaX), which enters every task key. cloudbuild.yaml reads it from the image it built (zpe-worker qe-version). Required when the qe engine is allowed in cloud-tasks or http-pull mode."
+  type        = string
+  default     = null
+  nullable    = true
+  validation {
+    condition     = var.qe_version == null || can(regex("^qe-[0-9]+\\.[0-9]+[0-9A-Za-z.+-]*$", var.qe_version))
+    error_message = "qe_version must be the qe engine version of a pw.x, such as qe-6.7MaX or qe-7.2 (zpe-worker qe-version prints it)."
+  }
+}
+
 # --- images ----------------------------------------------------------------------------------
 
 variable "api_image" {

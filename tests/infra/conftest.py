@@ -8,8 +8,10 @@ on first use; without network that skips, except with CI=true where it fails
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import pytest
 from tests.conftest import require_or_skip
 from tests.infra import venvs
 from tests.infra.hcl import Config
+from tests.infra.plan import Plan
 
 ROOT = venvs.ROOT
 TERRAFORM_DIR = ROOT / "infra" / "terraform"
@@ -74,3 +77,50 @@ def cloudbuild(parse_dir: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     parsed = parse_dir(TERRAFORM_DIR / "modules" / "task_queue", (path,))["yaml"][str(path)]
     assert isinstance(parsed, dict), "cloudbuild.yaml is not a mapping"
     return parsed
+
+
+# --- the real terraform binary, offline (tests/infra/offline_provider) ---------------------
+
+
+@dataclass(frozen=True)
+class CheckRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    out: Path
+
+    def plan(self, google: str, example: str) -> Plan:
+        path = self.out / f"google-{google}" / f"{example}.json"
+        assert path.exists(), f"no plan {path}: {self.stderr[-3000:]}"
+        return Plan.load(path)
+
+
+def terraform_binary() -> str:
+    binary = shutil.which("terraform")
+    require_or_skip(binary is not None, "the terraform binary")
+    assert binary is not None
+    return binary
+
+
+@pytest.fixture(scope="session")
+def terraform_check(tmp_path_factory: pytest.TempPathFactory) -> CheckRun:
+    """``bash scripts/terraform-check.sh`` once per session: validate + plan every example."""
+    terraform_binary()
+    out = tmp_path_factory.mktemp("tf-check")
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "terraform-check.sh"), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    if proc.returncode == 2:  # terraform or the offline mirror (PyPI) missing
+        require_or_skip(False, f"terraform-check prerequisites ({proc.stderr.strip()[-500:]})")
+    return CheckRun(proc.returncode, proc.stdout, proc.stderr, out)
+
+
+@pytest.fixture(scope="session")
+def plans(terraform_check: CheckRun) -> Callable[[str, str], Plan]:
+    assert terraform_check.returncode == 0, terraform_check.stdout + terraform_check.stderr[-5000:]
+    return terraform_check.plan

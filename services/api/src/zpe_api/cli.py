@@ -49,10 +49,18 @@ def _client(args: argparse.Namespace) -> httpx.Client:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from zpe_api.listen import check_listen_address
     from zpe_api.main import create_app
+    from zpe_core.errors import ConfigurationError
     from zpe_core.logs import configure_logging
+    from zpe_core.settings import get_settings
 
     configure_logging(os.environ.get("ZPE_LOG_LEVEL", "INFO"))
+    try:
+        check_listen_address(get_settings(), args.host)
+    except ConfigurationError as exc:
+        print(f"zpe serve: {exc}", file=sys.stderr)
+        return 2
     uvicorn.run(create_app(), host=args.host, port=args.port, log_config=None)
     return 0
 

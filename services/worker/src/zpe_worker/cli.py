@@ -136,6 +136,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_qe_version(args: argparse.Namespace) -> int:
+    """Print this machine's pw.x version (what ZPE_QE_VERSION must be for its tasks)."""
+    from zpe_core.engines.qe import engine_version_of
+
+    version = engine_version_of(args.pw_command or Settings().pw_command)
+    if version is None:
+        print("cannot read a version from pw.x (is it installed?)", file=sys.stderr)
+        return 1
+    print(version)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zpe-worker", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--host", default="0.0.0.0")
     push.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     push.set_defaults(func=cmd_serve)
+    qe_version = sub.add_parser(
+        "qe-version", help="print the pw.x version (ZPE_QE_VERSION; cloudbuild.yaml reads it)"
+    )
+    qe_version.add_argument("--pw-command", help="pw.x command (default: ZPE_PW_COMMAND)")
+    qe_version.set_defaults(func=cmd_qe_version)
     return parser
 
 

@@ -114,6 +114,12 @@ def detect_pw_version(pw_command: str, timeout: float = VERSION_PROBE_TIMEOUT) -
     return match.group(1) if match else None
 
 
+def engine_version_of(pw_command: str) -> str | None:
+    """The qe engine version of ``pw_command`` as tasks record it (``qe-6.7MaX``), or None."""
+    detected = detect_pw_version(pw_command)
+    return None if detected is None else f"qe-{detected}"
+
+
 def classify_failure(
     output: str, returncode: int | None, *, timed_out: bool, timeout: float
 ) -> EngineError | None:
@@ -385,11 +391,11 @@ class QeEngine(Engine):
         with _version_lock:
             cached = _version_cache.get(self.pw_command)
             if cached is None:
-                detected = detect_pw_version(self.pw_command)
+                detected = engine_version_of(self.pw_command)
                 if detected is None:
                     # Not cached: pw.x may appear later (and a task would fail anyway).
                     return "qe-unknown"
-                cached = _version_cache[self.pw_command] = f"qe-{detected}"
+                cached = _version_cache[self.pw_command] = detected
         return cached
 
     def compute(self, spec: TaskSpec, workdir: Path) -> TaskResult:
