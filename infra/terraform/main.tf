@@ -233,6 +233,11 @@ module "api" {
       ZPE_ALLOWED_ENGINES          = local.allowed_engines
       ZPE_LEASE_SECONDS            = tostring(var.lease_seconds)
       ZPE_REDISPATCH_AFTER_SECONDS = tostring(var.redispatch_after_seconds)
+      # Cloud Run's front end is the direct caller of every request: the poll limit keys
+      # anonymous callers by the X-Forwarded-For entry it appended, not by its address.
+      ZPE_TRUSTED_PROXIES = "*"
+      # The ingress as deployed: the app refuses the IAP identity mode on a public API.
+      ZPE_INGRESS = local.http_pull ? "all" : var.api_ingress
     },
     # auth_mode = "none" only on a private API (deployment_rules): every caller has passed
     # Cloud Run IAM, so the app may serve 'anonymous' on Cloud Run's non-loopback address.

@@ -147,6 +147,7 @@ COMMON_API = {
     "ZPE_LEASE_SECONDS": "120",
     "ZPE_QE_VERSION": "qe-6.7MaX",
     "ZPE_REDISPATCH_AFTER_SECONDS": "900",
+    "ZPE_TRUSTED_PROXIES": "*",
 }
 GCS_URL = f"gs://{PROJECT}-zpe-jobs/zpe"
 TASKS = {
@@ -174,6 +175,7 @@ EXPECTED_ENV: dict[str, dict[str, dict[str, str]]] = {
             "ZPE_ALLOWED_ENGINES": "mock",
             "ZPE_DEFAULT_ENGINE": "mock",
             "ZPE_EXECUTION_MODE": "inprocess",
+            "ZPE_INGRESS": "all",
             "ZPE_STORE_URL": GCS_URL,
             "ZPE_ADMIN_TOKEN": "secret:zpe-admin-token",
         }
@@ -182,6 +184,7 @@ EXPECTED_ENV: dict[str, dict[str, dict[str, str]]] = {
         API: {
             **COMMON_API,
             "ZPE_EXECUTION_MODE": "http-pull",
+            "ZPE_INGRESS": "all",
             "ZPE_STORE_URL": GCS_URL,
             "ZPE_ADMIN_TOKEN": "secret:zpe-admin-token",
         }
@@ -191,6 +194,7 @@ EXPECTED_ENV: dict[str, dict[str, dict[str, str]]] = {
             **COMMON_API,
             **TASKS,
             "ZPE_EXECUTION_MODE": "cloud-tasks",
+            "ZPE_INGRESS": "all",
             "ZPE_STORE_URL": GCS_URL,
             "ZPE_TASKS_QUEUE": f"projects/{PROJECT}/locations/europe-west1/queues/zpe-tasks",
             "ZPE_WORKER_URL": UNKNOWN,
@@ -207,6 +211,7 @@ EXPECTED_ENV: dict[str, dict[str, dict[str, str]]] = {
             **COMMON_API,
             **TASKS,
             "ZPE_EXECUTION_MODE": "cloud-tasks",
+            "ZPE_INGRESS": "all",
             "ZPE_TASKS_QUEUE": f"projects/{PROJECT}/locations/europe-west1/queues/zpe-tasks",
             "ZPE_WORKER_URL": UNKNOWN,
             "ZPE_ADMIN_TOKEN": "secret:zpe-admin-token",
