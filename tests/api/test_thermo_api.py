@@ -222,7 +222,7 @@ def test_partly_frozen_molecule_is_said_in_the_preview_and_the_result(client: Te
     assert preview.status_code == 200, preview.text
     body = preview.json()
     assert body["partly_frozen"] and "[0] are not mobile" in body["partly_frozen"]
-    assert body["partly_frozen"] in body["warnings"]
+    assert {"code": "partly_frozen_molecule", "message": body["partly_frozen"]} in body["warnings"]
     whole = client.post("/calc/zpe/parse", json={"input_text": text}).json()
     assert whole["partly_frozen"] is None
 
