@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import ARTIFACTS, SAMPLES
+from tests.e2e.conftest import ARTIFACTS, SAMPLES, WAIT_MS
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page, Request, Route
