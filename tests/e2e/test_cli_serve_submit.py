@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -69,6 +70,34 @@ def test_submit_wait_prints_zpe_and_result_matches(api: str) -> None:
     # Water is non-linear: 9 modes, 6 excluded, 3 counted.
     counted = as_json.stdout.count('"counted": true')
     assert counted == 3
+
+
+def test_thermochemistry_options_and_zpe_result_prints_it(api: str) -> None:
+    done = _zpe(
+        api,
+        "submit",
+        str(SAMPLES / "h2o_zpe.in"),
+        "--engine",
+        "mock",
+        "--pressure",
+        "200000",
+        "--symmetry-number",
+        "1",
+        "--frequency-set",
+        "projected",
+        "--wait",
+    )
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.split()[2]
+    result = json.loads(_zpe(api, "result", job_id, "--json").stdout)
+    thermo = result["thermochemistry"]
+    assert (thermo["pressure"], thermo["symmetry_number"]) == (200000.0, 1)
+    assert result["frequency_set"] == "projected"
+    printed = _zpe(api, "result", job_id).stdout
+    assert f"G(298.15 K)       : {thermo['gibbs_energy_ev']:.6f} eV" in printed
+    assert f"E_elec + ZPE      : {thermo['potential_energy_plus_zpe_ev']:.6f} eV" in printed
+    assert "symmetry number 1 (request), p = 200000 Pa" in printed
+    assert "frequency set: projected" in printed
 
 
 def test_submit_of_bad_input_reports_the_error(api: str, tmp_path: Path) -> None:

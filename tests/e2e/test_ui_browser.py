@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import ARTIFACTS, SAMPLES
+from tests.e2e.conftest import ARTIFACTS, SAMPLES, WAIT_MS
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page, Request, Route
@@ -385,3 +385,71 @@ def test_an_unknown_job_says_so(page: Page) -> None:
     page.goto("/jobs/jdoesnotexist")
     page.locator("#job-error", has_text="code: not_found").wait_for()
     assert page.inner_text("#state") == "error"
+
+
+# --- thermochemistry (issue 15) ------------------------------------------------------------
+
+
+def _submit_and_wait(api_url: str, sample: str, **extra: Any) -> str:
+    body = {"input_text": (SAMPLES / sample).read_text(), "engine": "mock", **extra}
+    job_id: str = httpx.post(f"{api_url}/calc/zpe/jobs", json=body).json()["job_id"]
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while httpx.get(f"{api_url}/calc/zpe/jobs/{job_id}").json()["state"] != "done":
+        assert time.monotonic() < deadline, f"job {job_id} did not finish"
+        time.sleep(0.2)
+    return job_id
+
+
+@pytest.mark.parametrize(
+    ("sample", "extra", "model", "free_key", "symbol"),
+    [
+        ("h2o_zpe.in", {}, "ideal_gas", "gibbs_energy_ev", "G"),
+        ("cu_slab_co.in", {"mobile": [8, 9]}, "harmonic", "helmholtz_energy_ev", "F"),
+    ],
+    ids=["free-h2o", "cu-co-adsorbate"],
+)
+def test_thermochemistry_table_plot_and_warnings(
+    page: Page,
+    api_url: str,
+    sample: str,
+    extra: dict[str, Any],
+    model: str,
+    free_key: str,
+    symbol: str,
+) -> None:
+    job_id = _submit_and_wait(api_url, sample, **extra)
+    result = httpx.get(f"{api_url}/calc/zpe/jobs/{job_id}/result").json()
+    thermo = result["thermochemistry"]
+    assert thermo["model"] == model
+    page.goto(f"/jobs/{job_id}")
+    page.locator("#thermo").wait_for(state="visible")
+    row = page.locator(f"#thermo-table tr[data-key='{free_key}'] td")
+    assert float(row.inner_text().split()[0]) == pytest.approx(thermo[free_key], abs=5e-7)
+    energy = page.locator("#thermo-table tr[data-key='potential_energy_plus_zpe_ev'] td")
+    assert float(energy.inner_text().split()[0]) == pytest.approx(
+        thermo["potential_energy_plus_zpe_ev"], abs=5e-7
+    )
+    # The plot: one curve through every row of thermo.csv, a dot at the job's temperature.
+    csv_rows = list(
+        csv.DictReader(
+            io.StringIO(httpx.get(f"{api_url}/calc/zpe/jobs/{job_id}/files?kind=thermo").text)
+        )
+    )
+    page.locator("#thermo-plot path.curve").wait_for()
+    assert page.get_attribute("#thermo-plot", "data-points") == str(len(csv_rows))
+    assert page.locator("#thermo-plot circle.here").count() == 1
+    assert f"{symbol} (eV)" in (page.text_content("#thermo-plot") or "")
+    for kind in ("thermo", "vibrations", "modes"):
+        href = page.get_attribute(f"#download-{kind}", "href")
+        assert href == f"/calc/zpe/jobs/{job_id}/files?kind={kind}"
+    warnings = page.locator("#result-warnings li")
+    assert warnings.count() == len(result["warnings"])
+    if model == "harmonic":  # the mock's CO is not at a minimum: said in words
+        assert "relax it first" in page.inner_text("#result-warnings")
+        assert "Harmonic" in page.inner_text("#thermo-model")
+    else:
+        assert page.locator("#result-warnings").is_hidden()
+        assert "symmetry number 2" in page.inner_text("#thermo-model")
+        assert page.locator("#other-set-col").is_visible()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "ui-job-thermo.png"), full_page=True)

@@ -50,6 +50,18 @@ def test_h2_zpe_with_real_pwx(tmp_path: Path) -> None:
     assert 0.25 <= result["zpe_ev"] <= 0.29
     assert result["engine"] == "qe"
     assert result["engine_version"].startswith("qe-")
+    # Issue 15: the Eckart projection puts the rotations (tens of i cm^-1 raw, off the
+    # stationary point) at exactly 0 and keeps the stretch; H2 is D∞h, sigma 2.
+    projected = result["projected_freqs_cm"]
+    assert projected[:5] == [0.0] * 5, (result["freqs_cm"], projected)
+    assert abs(projected[5] - counted[0]) < 0.01 * counted[0], (counted, projected)
+    thermo = result["thermochemistry"]
+    assert (thermo["model"], thermo["symmetry_number"], thermo["geometry"]) == (
+        "ideal_gas",
+        2,
+        "linear",
+    )
+    assert abs(thermo["zpe_ev"] - result["zpe_ev"]) < 1e-9
     # Each task's scratch was removed; only the warm-start cache of the reference stays.
     left = [p.name for p in (tmp_path / "scratch").iterdir()]
     assert [name for name in left if not name.startswith("zpe-warm-")] == []

@@ -6,7 +6,9 @@ so a job computed here gives the same frequencies as ASE run on the same
 forces. What is ours: which modes count. For a free molecule the 6 (5 if
 linear) lowest-|frequency| modes are translations and rotations and are
 excluded; every other mode counts, and imaginary ones are reported, never
-silently dropped.
+silently dropped. For a free molecule the frequencies after projecting the
+rigid translations and rotations out of the mass-weighted Hessian (Eckart) are
+computed too, next to ASE's raw ones; the request chooses which set counts.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +36,12 @@ R_JMOL_K = 8.314462618
 """Gas constant in J/(mol*K)."""
 
 _AXES = "xyz"
+
+FrequencySet = Literal["raw", "projected"]
+"""Which frequencies count: ASE's raw ones, or those after the Eckart projection."""
+
+IMAGINARY_WARNING_CM = 20.0
+"""A mode that counts but for being imaginary beyond this |nu| (cm^-1) means "not a minimum"."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,19 @@ class VibrationResult:
     linear: bool
     excluded: int
     hessian: npt.NDArray[np.float64]  # Cartesian, eV/Å^2, 3n x 3n, as VibrationsData holds it
+    # The additions of issue 15 have defaults so older callers building one keep working.
+    vectors: npt.NDArray[np.float64] | None = None
+    """Each mode's displacement (ASE's ``get_modes``): modes x mobile atoms x 3, as ``modes``."""
+    raw_frequencies_cm: list[float] = dataclasses.field(default_factory=list)
+    """ASE's frequencies of the Hessian as computed (signed, ascending)."""
+    projected_frequencies_cm: list[float] | None = None
+    """Free molecules: the frequencies after the Eckart projection (signed, ascending)."""
+    frequency_set: FrequencySet = "raw"
+    """The set ``modes``, the ZPE and the entropy come from."""
+    data: VibrationsData | None = None
+    """ASE's ``VibrationsData`` of the raw Hessian (the ``vibrations`` file)."""
+    used_data: VibrationsData | None = None
+    """ASE's ``VibrationsData`` of the set used (raw, or the projected Hessian)."""
 
     @property
     def n_imaginary(self) -> int:
@@ -141,6 +162,15 @@ class VibrationResult:
     @property
     def frequencies_cm(self) -> list[float]:
         return [m.frequency_cm for m in self.modes]
+
+    def imaginary_beyond(self, threshold_cm: float = IMAGINARY_WARNING_CM) -> list[Mode]:
+        """Modes that would count but are imaginary with |nu| above ``threshold_cm``."""
+        excluded = self.excluded_modes()
+        return [
+            m
+            for m in self.modes
+            if m.imaginary and m.index not in excluded and abs(m.frequency_cm) > threshold_cm
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (the Hessian as nested lists)."""
@@ -249,6 +279,118 @@ def _n_rigid(natoms: int, linear: bool) -> int:
     return 5 if linear else 6
 
 
+def rigid_body_basis(atoms: Atoms, indices: Sequence[int]) -> npt.NDArray[np.float64]:
+    """Orthonormal mass-weighted translations and rotations of ``atoms[indices]``: 3n x k.
+
+    k is 6, 5 for a linear set and 3 for one atom: the rotations about the set's
+    own centre of mass, orthonormalised by SVD (a linear set's null rotation drops out).
+    """
+    idx = np.asarray(indices, dtype=int)
+    masses = atoms.get_masses()[idx]
+    positions = atoms.positions[idx]
+    centre = masses @ positions / masses.sum()
+    r = positions - centre
+    sqrt_m = np.sqrt(masses)
+    vectors = []
+    for axis in range(3):
+        t = np.zeros((len(idx), 3))
+        t[:, axis] = sqrt_m
+        vectors.append(t.ravel())
+        e = np.zeros(3)
+        e[axis] = 1.0
+        vectors.append((np.cross(e, r) * sqrt_m[:, None]).ravel())
+    u, sing, _ = np.linalg.svd(np.array(vectors).T, full_matrices=False)
+    return np.asarray(u[:, sing > 1e-6 * sing.max()], dtype=np.float64)
+
+
+def project_rigid_body(
+    hessian: npt.ArrayLike, atoms: Atoms, indices: Sequence[int]
+) -> npt.NDArray[np.float64]:
+    """The Cartesian Hessian with rigid translations and rotations projected out (Eckart).
+
+    Projects the mass-weighted Hessian with P = 1 - D D^T (D: :func:`rigid_body_basis`)
+    and returns it in Cartesian form, so ASE's ``VibrationsData`` diagonalises it
+    like any other: the rigid-body modes come out at zero, the others are the
+    vibrations orthogonal to them.
+    """
+    h = np.asarray(hessian, dtype=float)
+    idx = np.asarray(indices, dtype=int)
+    sqrt_m = np.repeat(np.sqrt(atoms.get_masses()[idx]), 3)
+    mass_weighted = h / np.outer(sqrt_m, sqrt_m)
+    basis = rigid_body_basis(atoms, indices)
+    projector = np.eye(len(sqrt_m)) - basis @ basis.T
+    projected = projector @ mass_weighted @ projector
+    projected = 0.5 * (projected + projected.T)
+    return np.asarray(projected * np.outer(sqrt_m, sqrt_m), dtype=np.float64)
+
+
+def rigid_body_overlaps(
+    vectors: npt.ArrayLike, atoms: Atoms, indices: Sequence[int]
+) -> list[float]:
+    """Per mode (``vectors``: modes x mobile atoms x 3, as ASE's ``get_modes``), the share
+    (0..1) of its mass-weighted vector that is a rigid translation or rotation of the mobile
+    atoms alone: 1 for a rigid-body mode, a partly frozen molecule's tell-tale in between."""
+    idx = np.asarray(indices, dtype=int)
+    sqrt_m = np.sqrt(atoms.get_masses()[idx])
+    basis = rigid_body_basis(atoms, indices)
+    out = []
+    for vector in np.asarray(vectors, dtype=float):
+        v = (vector * sqrt_m[:, None]).ravel()
+        norm = float(v @ v)
+        out.append(0.0 if norm == 0.0 else float(np.sum((basis.T @ v) ** 2) / norm))
+    return out
+
+
+def _zero_rigid_modes(
+    signed: list[tuple[float, bool]],
+    vectors: npt.NDArray[np.float64],
+    atoms: Atoms,
+    indices: Sequence[int],
+) -> tuple[list[tuple[float, bool]], npt.NDArray[np.float64]]:
+    """The projected Hessian's rigid-body modes at exactly 0 cm^-1.
+
+    The projection makes their eigenvalues zero; what the eigensolver returns is
+    rounding (sqrt(eps * lambda_max), ~1e-4 cm^-1), so the k modes lying in the
+    rigid-body subspace are set to 0 rather than shown as noise.
+    """
+    k = rigid_body_basis(atoms, indices).shape[1]
+    overlaps = rigid_body_overlaps(vectors, atoms, indices)
+    rigid = set(sorted(range(len(signed)), key=lambda i: -overlaps[i])[:k])
+    zeroed = [(0.0, False) if i in rigid else mode for i, mode in enumerate(signed)]
+    order = sorted(range(len(zeroed)), key=lambda i: zeroed[i][0])
+    return [zeroed[i] for i in order], vectors[order]
+
+
+def partly_frozen_molecule(natoms: int, fixed: Sequence[int], mobile: Sequence[int]) -> bool:
+    """No atom is fixed in the input, yet some are left out of the mobile set."""
+    return not fixed and 0 < len(set(mobile)) < natoms
+
+
+def partly_frozen_note(natoms: int, mobile: Sequence[int]) -> str:
+    """Words for :func:`partly_frozen_molecule`: what leaving atoms out does to the ZPE."""
+    frozen = sorted(set(range(natoms)) - {int(i) for i in mobile})
+    return (
+        f"no atom is fixed in the input, but atoms {frozen} are not mobile: if this is a free "
+        "molecule, freezing them pins the mobile atoms, so motions that would be translations "
+        "and rotations of the molecule become stiff modes of the partial Hessian and are counted "
+        "in the ZPE (which comes out too high); make every atom mobile to exclude them"
+    )
+
+
+def _signed_modes(
+    data: VibrationsData,
+) -> tuple[list[tuple[float, bool]], npt.NDArray[np.float64]]:
+    """ASE's energies as signed wavenumbers (imaginary negative), ascending, with the modes."""
+    energies, vectors = data.get_energies_and_modes()
+    signed: list[tuple[float, bool]] = []
+    for e in np.asarray(energies, dtype=complex):
+        imaginary = abs(e.imag) > abs(e.real)
+        magnitude_cm = (abs(e.imag) if imaginary else e.real) / units.invcm
+        signed.append((-magnitude_cm if imaginary else float(magnitude_cm), imaginary))
+    order = sorted(range(len(signed)), key=lambda i: signed[i][0])
+    return [signed[i] for i in order], np.asarray(vectors, dtype=float)[order]
+
+
 def analyze(
     atoms: Atoms,
     indices: Sequence[int],
@@ -257,6 +399,8 @@ def analyze(
     forces: Mapping[str, npt.ArrayLike],
     temperature: float,
     free_molecule: bool,
+    *,
+    frequency_set: FrequencySet = "raw",
 ) -> VibrationResult:
     """Frequencies, ZPE and entropy from the forces of every displacement.
 
@@ -264,6 +408,9 @@ def analyze(
     maps each displacement name (see :func:`displacements`) to natoms x 3
     forces in eV/Å. ``free_molecule`` means no fixed atoms and every atom
     mobile: then the rigid-body modes are excluded, else every real mode counts.
+    ``frequency_set="projected"`` counts a free molecule's Eckart-projected
+    frequencies instead of the raw ones (elsewhere there is nothing to project:
+    the raw set is used).
     """
     if delta <= 0.0:
         raise ValueError("delta must be positive")
@@ -273,15 +420,21 @@ def analyze(
         raise ValueError("a free molecule must have every atom mobile")
     hessian = hessian_from_forces(indices, delta, nfree, forces, len(atoms))
     data = VibrationsData.from_2d(atoms, hessian, indices=list(indices))
-    energies = np.asarray(data.get_energies(), dtype=complex)
-
-    signed: list[tuple[float, bool]] = []
-    for e in energies:
-        imaginary = abs(e.imag) > abs(e.real)
-        magnitude_cm = (abs(e.imag) if imaginary else e.real) / units.invcm
-        signed.append((-magnitude_cm if imaginary else float(magnitude_cm), imaginary))
-    order = sorted(range(len(signed)), key=lambda i: signed[i][0])
-    signed = [signed[i] for i in order]
+    raw_signed, raw_vectors = _signed_modes(data)
+    projected_data: VibrationsData | None = None
+    projected_freqs: list[float] | None = None
+    signed, vectors, used = raw_signed, raw_vectors, data
+    if free_molecule:
+        projected_data = VibrationsData.from_2d(
+            atoms, project_rigid_body(data.get_hessian_2d(), atoms, indices), indices=list(indices)
+        )
+        projected_signed, projected_vectors = _zero_rigid_modes(
+            *_signed_modes(projected_data), atoms, indices
+        )
+        projected_freqs = [f for f, _ in projected_signed]
+        if frequency_set == "projected":
+            signed, vectors, used = projected_signed, projected_vectors, projected_data
+    chosen: FrequencySet = "projected" if used is projected_data else "raw"
 
     linear = is_linear(atoms)
     excluded = min(_n_rigid(len(atoms), linear), len(signed)) if free_molecule else 0
@@ -312,4 +465,10 @@ def analyze(
         linear=linear,
         excluded=excluded,
         hessian=np.asarray(data.get_hessian_2d(), dtype=float),
+        vectors=vectors,
+        raw_frequencies_cm=[f for f, _ in raw_signed],
+        projected_frequencies_cm=projected_freqs,
+        frequency_set=chosen,
+        data=data,
+        used_data=used,
     )

@@ -120,6 +120,23 @@ class JobRequest(BaseModel):
         default=298.15, gt=0.0, le=5000.0, description="Temperature in K for the entropy."
     )
     engine: str | None = Field(default=None, description="'qe' or 'mock'; default from settings.")
+    pressure: float = Field(
+        default=101325.0,
+        gt=0.0,
+        le=1e9,
+        description="Pressure in Pa for the ideal-gas thermochemistry of a free molecule.",
+    )
+    symmetry_number: int | None = Field(
+        default=None,
+        ge=1,
+        le=60,
+        description="Rotational symmetry number of a free molecule; default: from its point group.",
+    )
+    frequency_set: Literal["raw", "projected"] = Field(
+        default="raw",
+        description="Which frequencies count for a free molecule: ASE's raw ones, or those after "
+        "projecting rigid translations and rotations out (Eckart).",
+    )
     target: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",

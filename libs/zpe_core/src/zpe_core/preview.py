@@ -14,7 +14,7 @@ from typing import Literal, get_args
 from ase.neighborlist import neighbor_list
 from pydantic import BaseModel, Field
 
-from zpe_core.analysis import displacements
+from zpe_core.analysis import displacements, partly_frozen_molecule, partly_frozen_note
 from zpe_core.errors import InputError
 from zpe_core.models import JobRequest, hill_formula
 from zpe_core.qe_input import (
@@ -95,6 +95,11 @@ class InputPreview(BaseModel):
     symmetry_operations: int = Field(
         description="Operations used to rebuild points (signed permutations of x, y, z)."
     )
+    partly_frozen: str | None = Field(
+        default=None,
+        description="Set when no atom is fixed but some are not mobile: what freezing part of a "
+        "free molecule does to the ZPE, in words (also among the warnings).",
+    )
     warnings: list[InputWarning]
 
 
@@ -153,6 +158,13 @@ def preview_request(request: JobRequest, settings: Settings) -> InputPreview:
             )
         )
     warnings += input_warnings(parsed, request, engine, settings)
+    partly_frozen = (
+        partly_frozen_note(natoms, mobile)
+        if partly_frozen_molecule(natoms, sorted(fixed), mobile)
+        else None
+    )
+    if partly_frozen:
+        warnings.append(InputWarning(code="partly_frozen_molecule", message=partly_frozen))
     chosen = set(mobile)
     symbols = parsed.atoms.get_chemical_symbols()
     atoms = [
@@ -207,6 +219,7 @@ def preview_request(request: JobRequest, settings: Settings) -> InputPreview:
         tasks_symmetric=len(reduction.computed),
         spacegroup=reduction.spacegroup,
         symmetry_operations=len(reduction.operations) if reduction.images else 0,
+        partly_frozen=partly_frozen,
         warnings=warnings,
     )
 

@@ -19,12 +19,7 @@ from ase import Atoms
 
 from zpe_core import metrics
 from zpe_core.analysis import Displacement, analyze, displaced_positions
-from zpe_core.artifacts import (
-    ARTIFACT_NAMES,
-    build_result,
-    render_freqs_csv,
-    render_summary,
-)
+from zpe_core.artifacts import ARTIFACT_NAMES, build_artifacts
 from zpe_core.dispatch.base import DispatchError, JobDispatcher
 from zpe_core.engines.base import MOCK_VERSION
 from zpe_core.errors import (
@@ -534,12 +529,15 @@ class JobService:
         try:
             forces: dict[str, np.ndarray] = {}
             engine_version = ""
+            potential_energy = 0.0
             for ref in job.tasks:
                 task = self.store.get_task(ref.task_id)
                 if task is None or task.value.result is None:
                     raise ZpeError(f"task {ref.task_id} has no result", code="missing_result")
                 forces[ref.name] = np.asarray(task.value.result.forces_ev_per_a, dtype=float)
                 engine_version = task.value.result.engine_version
+                if ref.name == "eq":  # the reference SCF: the potential energy
+                    potential_energy = task.value.result.energy_ev
             if job.symmetry is not None and job.symmetry.derived:
                 broken = broken_by_reference(
                     job.symmetry, forces["eq"], job.structure.mobile_indices
@@ -557,18 +555,19 @@ class JobService:
                 forces,
                 job.request.temperature,
                 job.structure.free_molecule,
+                frequency_set=job.request.frequency_set,
             )
             finished = now()
-            result = build_result(job, vib, finished_at=finished, engine_version=engine_version)
-            self.store.put_artifact(
-                job_id, ARTIFACT_NAMES["result"], json.dumps(result, indent=2).encode()
+            _, files = build_artifacts(
+                job,
+                atoms,
+                vib,
+                potential_energy_ev=potential_energy,
+                finished_at=finished,
+                engine_version=engine_version,
             )
-            self.store.put_artifact(
-                job_id, ARTIFACT_NAMES["summary"], render_summary(result).encode()
-            )
-            self.store.put_artifact(
-                job_id, ARTIFACT_NAMES["freqs"], render_freqs_csv(result).encode()
-            )
+            for name, data in files.items():
+                self.store.put_artifact(job_id, name, data)
         except ZpeError as exc:
             self.fail_job(job_id, ErrorInfo.from_exc(exc))
             return

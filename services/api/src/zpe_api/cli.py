@@ -77,7 +77,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
             body["mobile"] = [int(x) for x in args.mobile.split(",") if x.strip()]
         except ValueError as exc:
             raise CliError(f"--mobile takes comma-separated atom indices: {exc}") from exc
-    for field in ("engine", "delta", "temperature", "nfree", "label", "symmetry"):
+    for field in (
+        "engine",
+        "delta",
+        "temperature",
+        "nfree",
+        "pressure",
+        "symmetry_number",
+        "frequency_set",
+        "label",
+        "symmetry",
+    ):
         value = getattr(args, field)
         if value is not None:
             body[field] = value
@@ -165,8 +175,17 @@ def _print_result(result: dict[str, Any]) -> None:
     print("frequencies (cm^-1, counted and imaginary): " + ", ".join(freqs))
     if result.get("excluded_modes"):
         print(f"({result['mode_selection']})")
+    if result.get("frequency_set_note"):
+        print(f"frequency set: {result['frequency_set']} ({result['frequency_set_note']})")
+    if result.get("thermochemistry"):
+        from zpe_core.artifacts import thermo_lines  # the summary's wording; heavy, so lazy
+
+        for line in thermo_lines(result["thermochemistry"]):
+            print(line)
     if imaginary:
         print(f"warning: {imaginary} imaginary mode(s), not in the ZPE")
+    for warning in result.get("warnings") or []:
+        print(f"warning: {warning}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -227,6 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--symmetry",
         choices=["auto", "off"],
         help="auto (default): compute only the symmetry-independent points",
+    )
+    submit.add_argument("--pressure", type=float, help="Pa, ideal-gas thermochemistry (101325)")
+    submit.add_argument(
+        "--symmetry-number", type=int, help="rotational symmetry number (default: point group)"
+    )
+    submit.add_argument(
+        "--frequency-set",
+        choices=["raw", "projected"],
+        help="free molecule: count ASE's raw or the Eckart-projected frequencies (default raw)",
     )
     submit.add_argument("--idempotency-key")
     submit.add_argument("--wait", action="store_true", help="follow the job and print the result")

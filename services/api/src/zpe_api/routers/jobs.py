@@ -16,7 +16,7 @@ from zpe_api.deps import (
 )
 from zpe_api.problems import problem_responses
 from zpe_api.schemas import JobCreated, JobList, JobStatus, TaskStates, job_links
-from zpe_core.artifacts import ARTIFACT_MEDIA_TYPES
+from zpe_core.artifacts import ARTIFACT_MEDIA_TYPES, ARTIFACT_NAMES
 from zpe_core.errors import InputError
 from zpe_core.limits import check_active_jobs
 from zpe_core.models import JobRequest, now
@@ -149,17 +149,17 @@ def get_file(
     job_id: str,
     service: ServiceDep,
     owner: OwnerDep,
-    kind: Annotated[str, Query(description="summary | freqs | result | input")] = "summary",
+    kind: Annotated[
+        str,
+        Query(description="summary | freqs | result | thermo | vibrations | modes | input"),
+    ] = "summary",
 ) -> Response:
-    """``summary`` (text), ``freqs`` (CSV) or ``result`` (JSON), 409 until done; ``input``
-    (the submitted pw.x input, verbatim) in any state."""
+    """``summary`` (text), ``freqs`` (CSV), ``result`` (JSON), ``thermo`` (CSV: T, H or U,
+    S, G or F), ``vibrations`` (ASE's ``VibrationsData`` JSON: ``VibrationsData.read``) or
+    ``modes`` (extended XYZ, an animation of every mode), 409 until done; ``input`` (the
+    submitted pw.x input, verbatim) in any state."""
     data = service.get_file(job_id, kind, owner=owner)
-    filename = {
-        "summary": "summary.txt",
-        "freqs": "freqs.csv",
-        "result": "result.json",
-        "input": "input.pwi",
-    }[kind]
+    filename = ARTIFACT_NAMES.get(kind, "input.pwi")
     return Response(
         content=data,
         media_type=ARTIFACT_MEDIA_TYPES.get(kind, "text/plain; charset=utf-8"),

@@ -207,6 +207,16 @@
         `(${imaginary.map(Z.wavenumber).join(", ")} cm⁻¹), not counted in the ZPE: ` +
         "the structure may not be at a minimum (relax it, or check δ).";
     }
+    renderWarnings(r);
+    // The other frequency set next to the one used (free molecules: raw and Eckart-projected).
+    const usedProjected = r.frequency_set === "projected";
+    const other = usedProjected ? r.freqs_cm : r.projected_freqs_cm;
+    const hasOther = Array.isArray(other) && other.length === r.modes.length;
+    $("other-set-col").hidden = !hasOther;
+    $("other-set-col").textContent = usedProjected ? "Raw, ASE (cm⁻¹)" : "Projected, Eckart (cm⁻¹)";
+    $("frequency-set").textContent = r.frequency_set_note
+      ? `Frequency set: ${r.frequency_set} — ${r.frequency_set_note}.`
+      : "";
     $("modes-table").querySelector("tbody").replaceChildren(
       ...r.modes.map((m) => {
         const isRigid = rigid.has(m.index);
@@ -225,6 +235,9 @@
           el("td", {}, String(m.index)),
           el("td", { class: "num" }, Z.wavenumber(m)),
           el("td", { class: "num" }, fixed(m.energy_ev * 1000, 3)),
+          hasOther
+            ? el("td", { class: "num other-set" }, Z.wavenumber({ frequency_cm: other[m.index], imaginary: other[m.index] < 0 }))
+            : null,
           el("td", {}, note)
         );
       })
@@ -234,7 +247,122 @@
     $("download-summary").href = `${files}summary`;
     $("download-csv").href = `${files}freqs`;
     $("download-json").href = `${files}result`;
+    $("download-thermo").href = `${files}thermo`;
+    $("download-vibrations").href = `${files}vibrations`;
+    $("download-modes").href = `${files}modes`;
     $("result").hidden = false;
+    if (r.thermochemistry) renderThermo(r.thermochemistry);
+  }
+
+  /** The result's warnings in words (imaginary modes beyond the threshold, frozen atoms…). */
+  function renderWarnings(r) {
+    const list = $("result-warnings");
+    const warnings = Array.isArray(r.warnings) ? r.warnings : [];
+    list.replaceChildren(...warnings.map((w) => el("li", { class: "result-warning" }, w)));
+    list.hidden = warnings.length === 0;
+    // The older, shorter note would repeat the first warning.
+    if (warnings.some((w) => w.includes("imaginary"))) $("imaginary-note").hidden = true;
+  }
+
+  const THERMO_ROWS = {
+    ideal_gas: [
+      ["E_elec (reference SCF)", "potential_energy_ev", "eV", 6],
+      ["ZPE", "zpe_ev", "eV", 6],
+      ["E_elec + ZPE", "potential_energy_plus_zpe_ev", "eV", 6],
+      ["Enthalpy H", "enthalpy_ev", "eV", 6],
+      ["Entropy S", "entropy_ev_per_k", "eV/K", 8],
+      ["Gibbs energy G", "gibbs_energy_ev", "eV", 6],
+    ],
+    harmonic: [
+      ["E_elec (reference SCF)", "potential_energy_ev", "eV", 6],
+      ["ZPE", "zpe_ev", "eV", 6],
+      ["E_elec + ZPE", "potential_energy_plus_zpe_ev", "eV", 6],
+      ["Internal energy U", "internal_energy_ev", "eV", 6],
+      ["Entropy S", "entropy_ev_per_k", "eV/K", 8],
+      ["Helmholtz energy F", "helmholtz_energy_ev", "eV", 6],
+    ],
+  };
+
+  /** The thermochemistry table, then the G(T) or F(T) plot from thermo.csv. */
+  async function renderThermo(t) {
+    const gas = t.model === "ideal_gas";
+    $("thermo-model").textContent = gas
+      ? `Ideal gas (ASE IdealGasThermo) at ${t.temperature} K and ${t.pressure} Pa: ${t.geometry}, ` +
+        `point group ${t.point_group}, rotational symmetry number ${t.symmetry_number} (${t.symmetry_number_source}).`
+      : `Harmonic (ASE HarmonicThermo) at ${t.temperature} K: every counted mode is a vibration (adsorbate or fixed atoms).`;
+    const rows = (THERMO_ROWS[t.model] || []).map(([label, key, unit, digits]) =>
+      el("tr", { "data-key": key },
+        el("th", { scope: "row" }, label),
+        el("td", { class: "num" }, `${fixed(t[key], digits)} ${unit}`))
+    );
+    $("thermo-table").querySelector("tbody").replaceChildren(...rows);
+    $("thermo-plot-what").textContent = gas ? "The Gibbs energy G(T)" : "The Helmholtz energy F(T)";
+    $("thermo").hidden = false;
+    try {
+      const response = await fetch(`${Z.API}${base}/files?kind=thermo`, { cache: "no-store" });
+      if (!response.ok) throw await Z.problemFrom(response);
+      drawThermo(parseCsv(await response.text()), gas ? "gibbs_energy_ev" : "helmholtz_energy_ev", t);
+    } catch (error) {
+      $("thermo-plot-what").textContent = `The plot could not be drawn: ${describeError(error)}.`;
+    }
+  }
+
+  function parseCsv(text) {
+    const [head, ...lines] = text.trim().split(/\r?\n/);
+    const names = head.split(",");
+    return lines.map((line) => {
+      const cells = line.split(",").map(Number);
+      return Object.fromEntries(names.map((n, i) => [n, cells[i]]));
+    });
+  }
+
+  /** A line plot of one column of thermo.csv against T, drawn by hand in SVG. */
+  function drawThermo(rows, column, t) {
+    const plot = $("thermo-plot");
+    const W = 720;
+    const H = 260;
+    const left = 90;
+    const right = 20;
+    const top = 16;
+    const bottom = 210;
+    const points = rows.filter((r) => Number.isFinite(r.temperature_k) && Number.isFinite(r[column]));
+    if (points.length < 2) return;
+    const ts = points.map((r) => r.temperature_k);
+    const ys = points.map((r) => r[column]);
+    const [tmin, tmax] = [Math.min(...ts), Math.max(...ts)];
+    const [ymin, ymax] = [Math.min(...ys), Math.max(...ys)];
+    const span = ymax - ymin || 1;
+    const x = (v) => left + ((v - tmin) / (tmax - tmin)) * (W - left - right);
+    const y = (v) => bottom - ((v - ymin) / span) * (bottom - top);
+    const parts = [
+      svg("line", { class: "axis", x1: left, x2: W - right, y1: bottom, y2: bottom }),
+      svg("line", { class: "axis", x1: left, x2: left, y1: top, y2: bottom }),
+    ];
+    const tStep = niceStep(tmax - tmin);
+    for (let v = Math.ceil(tmin / tStep) * tStep; v <= tmax + 1e-9; v += tStep) {
+      parts.push(svg("line", { class: "tick", x1: x(v), x2: x(v), y1: bottom, y2: bottom + 5 }));
+      parts.push(svg("text", { class: "tick-label", x: x(v), y: bottom + 18, "text-anchor": "middle", text: String(Math.round(v)) }));
+    }
+    const yStep = niceStep(span);
+    const yDigits = Math.max(0, -Math.floor(Math.log10(yStep)));
+    for (let v = Math.ceil(ymin / yStep) * yStep; v <= ymax + 1e-12; v += yStep) {
+      parts.push(svg("line", { class: "tick", x1: left - 5, x2: left, y1: y(v), y2: y(v) }));
+      parts.push(svg("text", { class: "tick-label", x: left - 8, y: y(v) + 4, "text-anchor": "end", text: v.toFixed(yDigits) }));
+    }
+    parts.push(svg("text", { class: "axis-title", x: (left + W - right) / 2, y: H - 8, "text-anchor": "middle", text: "temperature (K)" }));
+    parts.push(svg("text", { class: "axis-title", x: 14, y: (top + bottom) / 2, "text-anchor": "middle", transform: `rotate(-90 14 ${(top + bottom) / 2})`, text: `${column === "gibbs_energy_ev" ? "G" : "F"} (eV)` }));
+    const path = points.map((r, i) => `${i ? "L" : "M"}${x(r.temperature_k).toFixed(2)},${y(r[column]).toFixed(2)}`).join(" ");
+    parts.push(svg("path", { class: "curve", d: path }));
+    const here = points.find((r) => Math.abs(r.temperature_k - t.temperature) < 1e-9);
+    if (here) {
+      parts.push(
+        svg("circle", { class: "here", cx: x(here.temperature_k), cy: y(here[column]), r: 4 },
+          svg("title", { text: `${t.temperature} K: ${fixed(here[column], 6)} eV` }))
+      );
+    }
+    plot.setAttribute("viewBox", `0 0 ${W} ${H}`);
+    plot.dataset.points = String(points.length);
+    plot.replaceChildren(...parts);
   }
 
   /** Modes excluded as translations/rotations: the result says so, or the lowest |ν| ones. */
