@@ -114,6 +114,23 @@ class Settings(BaseSettings):
     warm_start_cache_entries: int = Field(
         default=8, ge=1, description="Reference outdirs kept in the local cache (LRU)."
     )
+    warm_start_share: bool = Field(
+        default=True,
+        description="Ship each reference's converged density to the other workers (through "
+        "the store, or the worker API for pull workers) so they warm-start too (issue 14).",
+    )
+    warm_start_share_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="Largest shipped reference density (packed and unpacked); larger ones "
+        "are not shipped and the other workers start cold.",
+    )
+    warm_start_share_ttl_seconds: float = Field(
+        default=6 * 3600.0,
+        gt=0.0,
+        description="Shipped reference densities are deleted by the reconciler this long "
+        "after they were stored.",
+    )
 
     # API
     api_url: str = "http://127.0.0.1:8000"
