@@ -104,13 +104,25 @@ def test_prepare_input_data_warm_and_save_flags(tmp_path: Path) -> None:
     user = {"electrons": {"startingwfc": "random", "conv_thr": 1e-10}}
     cold = _prepare_input_data(user, tmp_path)
     assert cold["control"]["disk_io"] == "none"
-    assert cold["electrons"] == {"startingwfc": "random", "conv_thr": 1e-10}
+    assert cold["electrons"] == {"startingwfc": "random", "conv_thr": pytest.approx(1e-12)}
     assert _prepare_input_data(user, tmp_path, save=True)["control"]["disk_io"] == "low"
     warm = _prepare_input_data(user, tmp_path, warm=True)
-    assert warm["electrons"] == {"conv_thr": 1e-10, "startingpot": "file"}
+    assert warm["electrons"] == {"conv_thr": pytest.approx(1e-12), "startingpot": "file"}
     both = _prepare_input_data(user, tmp_path, warm=True, warm_wfc=True)
     assert both["electrons"]["startingwfc"] == "file"
     assert user == {"electrons": {"startingwfc": "random", "conv_thr": 1e-10}}  # not mutated
+
+
+def test_every_scf_converges_a_hundred_times_tighter_than_conv_thr(tmp_path: Path) -> None:
+    def conv(electrons: dict[str, object]) -> float:
+        value = _prepare_input_data({"electrons": electrons}, tmp_path)["electrons"]["conv_thr"]
+        assert isinstance(value, float)
+        return value
+
+    assert conv({"CONV_THR": "1.0d-8"}) == pytest.approx(1e-10)
+    assert conv({"conv_thr": 2e-9}) == pytest.approx(2e-11)
+    assert conv({}) == pytest.approx(1e-8)  # pw.x's default 1e-6, tightened
+    assert "CONV_THR" not in _prepare_input_data({"electrons": {"CONV_THR": 1e-8}}, tmp_path)
 
 
 def test_failed_warm_start_runs_the_task_again_cold(tmp_path: Path) -> None:

@@ -241,6 +241,26 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
+#: Every SCF converges this much tighter than the task's ``conv_thr`` (pw.x's default
+#: 1e-6 Ry when unset). Central differences divide force differences by 2 delta, so SCF
+#: noise that conv_thr allows in one energy moves frequencies; and warm starts from the
+#: reference's density leave an error that leans the same way at +delta and -delta and
+#: does not cancel (issue 14; docs/benchmarks.md). 1e-2 makes warm and cold agree.
+SCF_CONV_THR_FACTOR = 1e-2
+_PW_DEFAULT_CONV_THR = 1e-6
+
+
+def _scf_conv_thr(electrons: dict[str, Any]) -> float:
+    """The ``conv_thr`` pw.x is given: the task's (or pw.x's default) times the factor."""
+    value: Any = _PW_DEFAULT_CONV_THR
+    for key in [k for k in electrons if k.lower() == "conv_thr"]:
+        value = electrons.pop(key)
+    try:
+        return float(str(value).lower().replace("d", "e")) * SCF_CONV_THR_FACTOR
+    except ValueError:
+        return _PW_DEFAULT_CONV_THR * SCF_CONV_THR_FACTOR  # pw.x would refuse it anyway
+
+
 def _prepare_input_data(
     input_data: dict[str, dict[str, Any]],
     workdir: Path,
@@ -251,9 +271,9 @@ def _prepare_input_data(
 ) -> dict[str, Any]:
     """The user's namelists with engine-owned keys replaced: SCF with forces, files in workdir.
 
-    ``save`` keeps the converged density on disk (the reference of a warm-start
-    cache); ``warm`` starts from the density in ``workdir/out`` (``warm_wfc``: and
-    from its wavefunctions).
+    ``conv_thr`` is tightened by ``SCF_CONV_THR_FACTOR``. ``save`` keeps the converged
+    density on disk (the reference of a warm-start cache); ``warm`` starts from the
+    density in ``workdir/out`` (``warm_wfc``: and from its wavefunctions).
     """
     nested: dict[str, dict[str, Any]] = {}
     for section, values in input_data.items():
@@ -270,8 +290,9 @@ def _prepare_input_data(
             "disk_io": "low" if save else "none",
         }
     )
+    electrons = nested.setdefault("electrons", {})
+    electrons["conv_thr"] = _scf_conv_thr(electrons)
     if warm:
-        electrons = nested.setdefault("electrons", {})
         for key in [k for k in electrons if k.lower() in ("startingpot", "startingwfc")]:
             del electrons[key]
         electrons["startingpot"] = "file"
