@@ -286,10 +286,10 @@ def main() -> None:
                 if cold and len(res["counted"]) == len(cold["counted"])
                 else float("nan")
             )
-            warm = f"{res['warm']}/{res['displaced']} ({res['warm_elsewhere']})"
+            share = f"{res['warm']}/{res['displaced']} ({res['warm_elsewhere']})"
             print(
                 f"| {mol} | {name} | {res['scfs']} | {res['iterations']} | {res['cpu']:.1f} | "
-                f"{res['wall']:.1f} | {diff:.3f} | {warm} | {res['load']} |"
+                f"{res['wall']:.1f} | {diff:.3f} | {share} | {res['load']} |"
             )
             if name.endswith("-warm"):
                 total_disp += res["displaced"]
