@@ -124,6 +124,7 @@ class Worker:
         self.token_file = tmp_path / f"{name}.token.json"
         self.log_path = tmp_path / f"{name}.log"
         env = {**os.environ, "ZPE_MOCK_DELAY_SECONDS": str(delay), "ZPE_ENROLL_TOKEN": ""}
+        env["ZPE_WARM_START"] = "1"  # off by default; on here to test the shipping
         env["ZPE_WARM_START_DIR"] = str(tmp_path / f"{name}.warm")  # as if on its own machine
         env.pop("ZPE_STORE_URL", None)  # a pull worker never sees the store
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in wait()

@@ -184,10 +184,10 @@ def test_pseudopotential_other_than_planned_is_refused(tmp_path: Path) -> None:
 
 
 def test_get_engine_warm_start_setting(tmp_path: Path) -> None:
-    on = get_engine("qe", Settings(qe_version="v", scratch_dir=str(tmp_path)))
+    on = get_engine("qe", Settings(qe_version="v", scratch_dir=str(tmp_path), warm_start=True))
     assert isinstance(on, QeEngine) and on.warm_start_cache is not None
     assert on.warm_start_cache.root.parent == tmp_path
-    off = get_engine("qe", Settings(qe_version="v", warm_start=False))
+    off = get_engine("qe", Settings(qe_version="v"))  # off by default (issue 14)
     assert isinstance(off, QeEngine) and off.warm_start_cache is None
 
 
@@ -255,6 +255,7 @@ def _machine(tmp_path: Path, pw: str, name: str, **overrides: object) -> Setting
         "pw_command": pw,
         "pseudo_dir": str(tmp_path),
         "scratch_dir": str(tmp_path),
+        "warm_start": True,
         "warm_start_dir": str(tmp_path / f"warm-{name}"),
     }
     values.update(overrides)

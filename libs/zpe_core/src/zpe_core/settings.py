@@ -103,9 +103,11 @@ class Settings(BaseSettings):
     # enter task keys: a converged SCF does not depend on its starting point beyond
     # conv_thr, so a warm and a cold result of one key agree within tolerance.
     warm_start: bool = Field(
-        default=True,
+        # Off by default (issue 14): even with every SCF at conv_thr/100, NH3 at 20/160 Ry
+        # came out 0.16 cm^-1 off cold on the umbrella, over the 0.1 target.
+        default=False,
         description="Start displaced pw.x SCFs from the reference point's converged charge "
-        "density (and wavefunctions at Gamma) when this machine computed the reference.",
+        "density (and wavefunctions at Gamma), shipped to other workers when shared.",
     )
     warm_start_dir: str | None = Field(
         default=None,
