@@ -109,7 +109,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodyLimit,
         limit=settings.max_input_bytes + 64 * 1024,
         routes=[
-            RouteLimit(RESULT_PATH, settings.max_result_bytes, "result_too_large", "worker results"),
+            RouteLimit(
+                RESULT_PATH, settings.max_result_bytes, "result_too_large", "worker results"
+            ),
             RouteLimit(
                 DENSITY_PATH,
                 settings.warm_start_share_max_bytes,
