@@ -450,6 +450,75 @@ def test_result_size_cap_answers_413() -> None:
         assert task_of(client, grant["task_id"]).state.value == "leased"
 
 
+# ---------------------------------------------------------------------- reference densities
+
+
+def _density(server: Server, grant: dict[str, Any], blob: bytes | None = None) -> Any:
+    """GET (or PUT ``blob``) the reference density of the task of ``grant``, under its lease."""
+    headers = {
+        **server.auth,
+        "X-Lease-Epoch": str(grant["epoch"]),
+        "X-Lease-Id": grant["lease_id"],
+    }
+    path = f"/calc/zpe/compute/tasks/{grant['task_id']}/reference-density"
+    if blob is None:
+        return server.client.get(path, headers=headers)
+    return server.client.put(path, content=blob, headers=headers)
+
+
+def test_reference_density_goes_from_the_reference_worker_to_the_others() -> None:
+    with TestClient(create_app(pull_settings(warm_start_share_max_bytes=4096))) as client:
+        submit(client)
+        first, second = Server(client, name="first"), Server(client, name="second")
+        reference, displaced = first.lease(), second.lease()
+        assert reference is not None and displaced is not None
+        assert reference["spec"]["reference_key"] == reference["task_id"]
+        assert displaced["spec"]["reference_key"] == reference["task_id"]
+        missing = _density(second, displaced)
+        assert missing.status_code == 404 and missing.json()["code"] == "no_reference_density"
+        # Only the holder of the reference's lease ships it, within the cap, once.
+        wrong_task = _density(second, displaced, b"x")
+        assert wrong_task.status_code == 422, wrong_task.text
+        assert wrong_task.json()["code"] == "not_a_reference_task"
+        assert _density(second, reference, b"x").status_code == 409  # not its lease
+        too_big = _density(first, reference, b"x" * 4097)
+        assert too_big.status_code == 413 and too_big.json()["code"] in (
+            "density_too_large",
+            "request_too_large",
+        )
+        assert _density(first, reference, b"density-1").json() == {
+            "task_id": reference["task_id"],
+            "stored": True,
+        }
+        assert _density(first, reference, b"density-2").json()["stored"] is False
+        fetched = _density(second, displaced)
+        assert fetched.status_code == 200 and fetched.content == b"density-1"
+        assert _density(first, reference).status_code == 404  # the reference needs none
+        # Fetching needs the current lease of a task that wants this reference.
+        assert _density(second, {**displaced, "epoch": displaced["epoch"] + 1}).status_code == 409
+        assert _density(first, displaced).status_code == 409
+        # After the result is in, the lease is gone: nothing more is shipped or fetched.
+        assert first.result(reference).status_code == 200
+        assert _density(first, reference, b"density-3").status_code == 409
+
+
+def test_a_worker_gets_only_the_density_its_own_task_names() -> None:
+    with TestClient(create_app(pull_settings())) as client:
+        submit(client, "h2_zpe.in")
+        server = Server(client)
+        reference = server.lease()
+        assert reference is not None
+        assert _density(server, reference, b"h2-density").json()["stored"] is True
+        assert server.result(reference).status_code == 200
+        while (grant := server.lease()) is not None:  # the rest of the H2 job
+            assert _density(server, grant).content == b"h2-density"
+            assert server.result(grant).status_code == 200
+        submit(client, "h2o_zpe.in")  # another job, another reference: not H2's density
+        grant = server.lease()
+        assert grant is not None and grant["spec"]["symbols"] == ["O", "H", "H"]
+        assert _density(server, grant).status_code == 404
+
+
 # ---------------------------------------------------------------------- failures
 
 

@@ -472,6 +472,29 @@ def test_artifacts_round_trip_and_cap(store: JobStore) -> None:
     assert store.get_artifact("job1", "huge.bin") is None
 
 
+def test_reference_densities_first_write_wins_and_are_pruned_by_age(store: JobStore) -> None:
+    old, new = "t" + "1" * 64, "t" + "2" * 64
+    assert store.get_reference_density(old) is None
+    assert store.put_reference_density(old, b"\x00\xffrho")
+    assert not store.put_reference_density(old, b"another")
+    assert store.get_reference_density(old) == b"\x00\xffrho"
+    assert not store.put_reference_density("../escape", b"x")
+    assert store.get_reference_density("../escape") is None
+    time.sleep(0.01)
+    cutoff = time.time()
+    time.sleep(0.01)
+    assert store.put_reference_density(new, b"new")
+    assert store.prune_reference_densities(cutoff) == 1
+    assert store.get_reference_density(old) is None
+    assert store.get_reference_density(new) == b"new"
+    assert store.prune_reference_densities(time.time() + 1) == 1
+    assert store.get_reference_density(new) is None
+    # A density left without its age record (a crash between the two writes) goes too.
+    store._create("density/t" + "3" * 64, b"orphan")
+    store.prune_reference_densities(0.0)
+    assert store.get_reference_density("t" + "3" * 64) is None
+
+
 # ---------------------------------------------------------------------- outage
 
 

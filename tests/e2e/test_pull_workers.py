@@ -124,6 +124,8 @@ class Worker:
         self.token_file = tmp_path / f"{name}.token.json"
         self.log_path = tmp_path / f"{name}.log"
         env = {**os.environ, "ZPE_MOCK_DELAY_SECONDS": str(delay), "ZPE_ENROLL_TOKEN": ""}
+        env["ZPE_WARM_START"] = "1"  # off by default; on here to test the shipping
+        env["ZPE_WARM_START_DIR"] = str(tmp_path / f"{name}.warm")  # as if on its own machine
         env.pop("ZPE_STORE_URL", None)  # a pull worker never sees the store
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in wait()
         self.proc = subprocess.Popen(
@@ -303,7 +305,8 @@ def test_sigterm_lets_the_running_task_finish_and_starts_no_other(
 
 @pytest.mark.pwx
 def test_real_pwx_h2_job_through_two_pull_workers(tmp_path: Path) -> None:
-    """The real engine behind NAT: the API has no pw.x, two workers run it (30 Ry H2)."""
+    """The real engine behind NAT: the API has no pw.x, two workers run it (30 Ry H2), and
+    the worker that did not compute the reference warm-starts from its shipped density."""
     import shutil
 
     from tests.conftest import require_or_skip

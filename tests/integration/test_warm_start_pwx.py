@@ -1,6 +1,7 @@
 """Warm starts with the real pw.x: H2 (small box, low cutoff) cold and warm give the
 same frequencies within 1 cm^-1, and the warm displaced SCFs did start from the
-reference's density (and took fewer iterations)."""
+reference's density (and took fewer iterations); NH3 (20 Ry): a displaced point's
+forces do not depend on how its SCF started (the task-key promise, issue 14)."""
 
 from __future__ import annotations
 
@@ -94,3 +95,51 @@ def test_warm_start_agrees_with_cold_start(tmp_path: Path) -> None:
     assert len(freqs["cold"]) == 1
     assert 3500 < freqs["cold"][0] < 5000
     assert abs(freqs["warm"][0] - freqs["cold"][0]) < 1.0, freqs
+
+
+NH3_SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "nh3_zpe.in"
+#: eV/A: the task-key promise (warm and cold forces of one key) at conv_thr 1e-10.
+FORCE_TOLERANCE = 2e-5
+#: Relative: 0.1 cm^-1 of a 1000 cm^-1 mode is 2e-4 of its force constant.
+FORCE_CONSTANT_TOLERANCE = 2e-4
+
+
+def test_nh3_forces_do_not_depend_on_how_the_scf_started(tmp_path: Path) -> None:
+    """The task-key promise on NH3 (issue 14): a displaced point's forces computed warm
+    (from the reference's density) and cold agree within FORCE_TOLERANCE, and so do the
+    force constants of the N z +/- pair (the umbrella), on which a shared warm start
+    used to lean the same way in both points."""
+    require_or_skip(shutil.which("pw.x") is not None, "pw.x (apt-get install quantum-espresso)")
+    require_or_skip(
+        Path(PSEUDO_DIR, "N.pbe-kjpaw.UPF").exists(),
+        "N.pbe-kjpaw.UPF (apt-get install quantum-espresso-data)",
+    )
+    text = NH3_SAMPLE.read_text().replace("ecutwfc = 50.0", "ecutwfc = 20.0")
+    text = text.replace("ecutrho = 400.0", "ecutrho = 160.0")
+    parsed = parse_qe_input(text)
+    request = JobRequest(input_text=text)
+    mobile = select_mobile(parsed, None, max_mobile=64)
+    plan = build_plan(
+        parsed, mobile, request, engine="qe", engine_version="qe-test", pseudo_dir=PSEUDO_DIR
+    )
+    tasks = {t.displacement.name: t for t in plan.tasks}
+    pair = ["0z+", "0z-"]  # N along the C3 axis
+    runs: dict[bool, dict[str, TaskResult]] = {}
+    for warm in (True, False):
+        settings = Settings(
+            qe_version="qe-test",
+            pseudo_dir=PSEUDO_DIR,
+            scratch_dir=str(tmp_path),
+            warm_start=warm,
+            warm_start_dir=str(tmp_path / "warm"),
+        )
+        names = ["eq", *pair] if warm else pair
+        runs[warm] = {n: compute_task(tasks[n].spec, settings, task_id=n) for n in names}
+    assert all(runs[True][n].warm_started for n in pair)
+    assert not any(runs[False][n].warm_started for n in pair)
+    forces = {warm: {n: np.asarray(runs[warm][n].forces_ev_per_a) for n in pair} for warm in runs}
+    worst = max(np.abs(forces[True][n] - forces[False][n]).max() for n in pair)
+    assert worst < FORCE_TOLERANCE, worst
+    # Force constant d2E/dz_N^2 (eV/A^2) from the pair: the bias did not cancel here.
+    k = {w: -(forces[w]["0z+"][0, 2] - forces[w]["0z-"][0, 2]) / (2 * request.delta) for w in runs}
+    assert abs(k[True] - k[False]) < FORCE_CONSTANT_TOLERANCE * abs(k[False]), k

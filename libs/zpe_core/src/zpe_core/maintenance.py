@@ -1,6 +1,7 @@
 """The background reaper: re-queues expired leases, fails exhausted tasks, and
 every ``reconcile_interval`` seconds repairs what a crash or a store outage left
-half-done (``JobService.reconcile``: lost dispatches, uncounted results).
+half-done (``JobService.reconcile``: lost dispatches, uncounted results) and deletes
+old shipped reference densities.
 
 The seed system reaped expired leases only when another worker polled, so a
 job could sit in ``queued`` forever. Here the control plane runs this loop.
@@ -53,6 +54,9 @@ class Reaper:
                     self._next_reconcile = time.monotonic() + self._reconcile_interval
                     if redispatched:
                         log.info("re-dispatched stale tasks", extra={"count": redispatched})
+                    pruned = self._service.prune_reference_densities()
+                    if pruned:
+                        log.info("pruned old reference densities", extra={"count": pruned})
             except ZpeError as exc:  # store outage: try again next round
                 log.warning("reaper round failed", extra={"error": exc.message})
             except Exception:

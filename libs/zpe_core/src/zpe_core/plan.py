@@ -127,6 +127,11 @@ def build_plan(
     return Plan(structure=structure, tasks=tasks)
 
 
+def is_reference(spec: TaskSpec) -> bool:
+    """Whether ``spec`` is its job's undisplaced point, the source of warm starts."""
+    return spec.reference_key is not None and task_key(spec) == spec.reference_key
+
+
 def task_key(spec: TaskSpec) -> str:
     """The content hash that identifies a point: equal keys give equal forces.
 

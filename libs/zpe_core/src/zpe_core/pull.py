@@ -35,6 +35,7 @@ from zpe_core.errors import (
     AlreadyExists,
     ErrorSource,
     InputError,
+    InputTooLarge,
     NotFound,
     StateConflict,
     ZpeError,
@@ -48,6 +49,7 @@ from zpe_core.models import (
     TaskState,
     now,
 )
+from zpe_core.plan import is_reference
 from zpe_core.service import JobService
 from zpe_core.store.base import StaleLease
 
@@ -275,6 +277,43 @@ class PullCoordinator:
             }
 
         return self._once(server, task_id, event_id, payload, act)
+
+    # -------------------------------------------------------------- reference densities
+
+    def reference_density(
+        self, server: ComputeServer, task_id: str, epoch: int, lease_id: str
+    ) -> bytes | None:
+        """The shipped density of the reference of the task ``server`` holds, or None.
+
+        The server names only its leased task; the reference comes from that task's own
+        spec, so a worker can fetch only the density of a job that wants this task.
+        """
+        task = self._held(server, task_id, epoch, lease_id)
+        reference = task.spec.reference_key
+        if not self.settings.warm_start_share or reference is None or reference == task_id:
+            return None
+        return self.store.get_reference_density(reference)
+
+    def store_reference_density(
+        self, server: ComputeServer, task_id: str, epoch: int, lease_id: str, blob: bytes
+    ) -> bool:
+        """Keep the density of reference task ``task_id``, computed under the server's
+        lease (the first one stored stays); False if one is there or sharing is off."""
+        task = self._held(server, task_id, epoch, lease_id)
+        if task.spec.reference_key != task_id or not is_reference(task.spec):
+            raise InputError(
+                "only a job's reference (undisplaced) task ships its density",
+                code="not_a_reference_task",
+            )
+        cap = self.settings.warm_start_share_max_bytes
+        if len(blob) > cap:
+            raise InputTooLarge(
+                f"the density is {len(blob)} bytes; at most {cap} are accepted",
+                code="density_too_large",
+            )
+        if not self.settings.warm_start_share:
+            return False
+        return self.store.put_reference_density(task_id, blob)
 
     # -------------------------------------------------------------- idempotency by event id
 

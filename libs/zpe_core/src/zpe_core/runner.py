@@ -18,13 +18,15 @@ import time
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
-from zpe_core.engines import get_engine
+from zpe_core.engines import Engine, get_engine
 from zpe_core.errors import EngineError, StateConflict, ZpeError
 from zpe_core.logs import bind, log_context
 from zpe_core.models import ErrorInfo, Task, TaskResult, TaskSpec
 from zpe_core.service import JobService
 from zpe_core.settings import Settings
+from zpe_core.store.base import JobStore
 
 log = logging.getLogger("zpe.runner")
 
@@ -40,10 +42,71 @@ class Outcome(StrEnum):
     LOST_LEASE = "lost_lease"  # computed, but the lease moved on: result refused
 
 
-def compute_task(spec: TaskSpec, settings: Settings, *, task_id: str = "") -> TaskResult:
+class ReferenceDensities(Protocol):
+    """Where a worker gets the converged density of a task's reference point, and shares
+    the density of a reference it computed, so workers on other machines start warm."""
+
+    def fetch(self, spec: TaskSpec) -> bytes | None:
+        """The packed density of ``spec.reference_key``, or None."""
+
+    def publish(self, spec: TaskSpec, blob: bytes) -> None:
+        """Share the packed density of reference ``spec`` (the first one shared stays)."""
+
+
+class StoreDensities:
+    """Reference densities through the store (in-process and push workers)."""
+
+    def __init__(self, store: JobStore, max_bytes: int) -> None:
+        self.store = store
+        self.max_bytes = max_bytes
+
+    def fetch(self, spec: TaskSpec) -> bytes | None:
+        if spec.reference_key is None:
+            return None
+        blob = self.store.get_reference_density(spec.reference_key)
+        return blob if blob is not None and len(blob) <= self.max_bytes else None
+
+    def publish(self, spec: TaskSpec, blob: bytes) -> None:
+        if spec.reference_key is not None and len(blob) <= self.max_bytes:
+            self.store.put_reference_density(spec.reference_key, blob)
+
+
+def _fetch_reference_density(engine: Engine, spec: TaskSpec, densities: ReferenceDensities) -> None:
+    """Before a displaced SCF: bring the reference's density here if it is elsewhere.
+    Never fails the task: without the density the SCF starts cold."""
+    if not engine.needs_reference_density(spec):
+        return
+    try:
+        blob = densities.fetch(spec)
+        if blob is not None and not engine.import_reference_density(spec, blob):
+            log.warning("shipped reference density refused; starting cold")
+    except Exception as exc:  # a store or network problem only costs the warm start
+        log.warning("reference density unavailable: %s", exc)
+
+
+def _publish_reference_density(
+    engine: Engine, spec: TaskSpec, densities: ReferenceDensities
+) -> None:
+    try:
+        blob = engine.export_reference_density(spec)
+        if blob is not None:
+            densities.publish(spec, blob)
+    except Exception as exc:  # the other workers start cold; the result still counts
+        log.warning("reference density not shared: %s", exc)
+
+
+def compute_task(
+    spec: TaskSpec,
+    settings: Settings,
+    *,
+    task_id: str = "",
+    densities: ReferenceDensities | None = None,
+) -> TaskResult:
     """Run the engine for ``spec`` in a private scratch directory, removed after.
 
-    Raises ``EngineError``; unexpected exceptions become retryable engine errors.
+    With ``densities``: fetch the reference's density first (displaced points) or
+    share it after (the reference). Raises ``EngineError``; unexpected exceptions
+    become retryable engine errors.
     """
     engine = get_engine(spec.engine, settings)
     if engine.version() != spec.engine_version:
@@ -55,6 +118,8 @@ def compute_task(spec: TaskSpec, settings: Settings, *, task_id: str = "") -> Ta
             retryable=True,
             code="engine_version_mismatch",
         )
+    if densities is not None:
+        _fetch_reference_density(engine, spec, densities)
     workdir: Path | None = None
     try:
         # Inside the try: a missing or full scratch directory must end as a reported
@@ -62,7 +127,10 @@ def compute_task(spec: TaskSpec, settings: Settings, *, task_id: str = "") -> Ta
         workdir = Path(
             tempfile.mkdtemp(prefix=f"zpe-{task_id[:14]}-", dir=settings.scratch_dir or None)
         )
-        return engine.compute(spec, workdir)
+        result = engine.compute(spec, workdir)
+        if densities is not None:
+            _publish_reference_density(engine, spec, densities)
+        return result
     except EngineError:
         raise
     except Exception as exc:  # an engine bug or the machine; another attempt may work
@@ -166,8 +234,13 @@ def _run_task(
     started = time.monotonic()
     log.info("task started", extra=extra)
     try:
+        densities = (
+            StoreDensities(store, settings.warm_start_share_max_bytes)
+            if settings.warm_start_share
+            else None
+        )
         with Heartbeat(service, task):
-            result = compute_task(task.spec, settings, task_id=task_id)
+            result = compute_task(task.spec, settings, task_id=task_id, densities=densities)
     except EngineError as exc:
         log.warning("task failed", extra={**extra, "code": exc.code, "retryable": exc.retryable})
         error = ErrorInfo.from_exc(exc)

@@ -51,6 +51,7 @@ from zpe_core.plan import (
     Plan,
     PlannedTask,
     build_plan,
+    is_reference,
     new_job_id,
     request_fingerprint,
     task_key,
@@ -234,7 +235,9 @@ class JobService:
                     targets=[target],
                     # Due now, not at 0: ready markers sort by this time, and a marker at
                     # 0 would put every new task ahead of retries forever (starvation).
-                    ready_at=now(),
+                    # The reference a millisecond earlier: leased first, it can warm-start
+                    # the displaced points on every worker (issue 14).
+                    ready_at=now() - (0.001 if is_reference(planned.spec) else 0.0),
                 )
             )
             return created.value, True
@@ -752,6 +755,12 @@ class JobService:
         if pending:
             self._dispatch(list(pending.values()))
         return len(pending)
+
+    def prune_reference_densities(self) -> int:
+        """Delete shipped reference densities (warm starts on other workers) stored more
+        than ``warm_start_share_ttl_seconds`` ago; returns how many."""
+        cutoff = now() - self.settings.warm_start_share_ttl_seconds
+        return self.store.prune_reference_densities(cutoff)
 
     def _repair_tasks(self, job: Job) -> None:
         """Create the tasks of a job whose submission was cut by an outage or a crash."""

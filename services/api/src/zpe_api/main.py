@@ -18,7 +18,7 @@ from zpe_api.edge import install_host_check, trusted_networks
 from zpe_api.observability import install_observability
 from zpe_api.problems import install_problem_handlers, problem_responses
 from zpe_api.routers import admin, api_keys, calc, compute, health, jobs, metrics, ui
-from zpe_api.routers.compute import RESULT_PATH
+from zpe_api.routers.compute import DENSITY_PATH, RESULT_PATH
 from zpe_core import __version__
 from zpe_core.body_limit import BodyLimit, RouteLimit
 from zpe_core.dispatch import InProcessDispatcher, JobDispatcher, PullDispatcher
@@ -109,7 +109,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodyLimit,
         limit=settings.max_input_bytes + 64 * 1024,
         routes=[
-            RouteLimit(RESULT_PATH, settings.max_result_bytes, "result_too_large", "worker results")
+            RouteLimit(
+                RESULT_PATH, settings.max_result_bytes, "result_too_large", "worker results"
+            ),
+            RouteLimit(
+                DENSITY_PATH,
+                settings.warm_start_share_max_bytes,
+                "density_too_large",
+                "reference densities",
+            ),
         ],
     )
     install_host_check(app, settings)  # DNS rebinding (ZPE_AUTH_MODE=none only)

@@ -228,6 +228,49 @@ def enroll(
     return creds
 
 
+# ---------------------------------------------------------------------- reference densities
+
+
+class ApiDensities:
+    """Reference densities through the worker API, under the lease of the task being run
+    (``zpe_core.runner.ReferenceDensities``): the API picks the reference from the task."""
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        headers: dict[str, str],
+        grant: dict[str, Any],
+        max_bytes: int,
+    ) -> None:
+        self._client = client
+        self._path = f"/calc/zpe/compute/tasks/{grant['task_id']}/reference-density"
+        self._headers = {
+            **headers,
+            "X-Lease-Epoch": str(grant["epoch"]),
+            "X-Lease-Id": str(grant["lease_id"]),
+        }
+        self.max_bytes = max_bytes
+
+    def fetch(self, spec: TaskSpec) -> bytes | None:
+        with self._client.stream("GET", self._path, headers=self._headers) as response:
+            if response.status_code != 200:
+                return None
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > self.max_bytes:
+                    log.warning("reference density over the size cap; starting cold")
+                    return None
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    def publish(self, spec: TaskSpec, blob: bytes) -> None:
+        response = self._client.put(self._path, content=blob, headers=self._headers)
+        if response.status_code != 200:
+            log.warning("reference density not shared", extra={"error": str(_error_of(response))})
+
+
 # ---------------------------------------------------------------------- the loop
 
 
@@ -473,7 +516,14 @@ class PullWorker:
         outcome: tuple[str, dict[str, Any]]
         try:
             spec = TaskSpec.model_validate(grant["spec"])
-            result = compute_task(spec, self.settings, task_id=task_id)
+            densities = (
+                ApiDensities(
+                    self._client, self._headers(), grant, self.settings.warm_start_share_max_bytes
+                )
+                if self.settings.warm_start_share
+                else None
+            )
+            result = compute_task(spec, self.settings, task_id=task_id, densities=densities)
             outcome = (
                 "result",
                 {"result": result.model_dump(mode="json", exclude={"worker_id"})},

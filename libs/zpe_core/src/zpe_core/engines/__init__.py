@@ -41,6 +41,7 @@ def get_engine(name: str, settings: Settings) -> Engine:
             timeout_seconds=settings.task_timeout_seconds,
             version=settings.qe_version,
             warm_start_cache=warm_start_cache,
+            shipped_state_max_bytes=settings.warm_start_share_max_bytes,
         )
     raise ConfigurationError(
         f"unknown engine {name!r}; known engines: {', '.join(ENGINE_NAMES)}",

@@ -25,3 +25,17 @@ class Engine(ABC):
     @abstractmethod
     def compute(self, spec: TaskSpec, workdir: Path) -> TaskResult:
         """Run the calculation in ``workdir`` (private to this task, removed after)."""
+
+    # Warm starts across machines (issue 14). Engines without warm starts keep these.
+
+    def needs_reference_density(self, spec: TaskSpec) -> bool:
+        """Whether ``spec`` would start warm if this machine had its reference's density."""
+        return False
+
+    def export_reference_density(self, spec: TaskSpec) -> bytes | None:
+        """The converged density (restart files) of reference ``spec`` computed here, packed."""
+        return None
+
+    def import_reference_density(self, spec: TaskSpec, blob: bytes) -> bool:
+        """Keep another machine's packed density of ``spec``'s reference; False if refused."""
+        return False

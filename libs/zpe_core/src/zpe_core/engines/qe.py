@@ -19,16 +19,19 @@ for any reason but a timeout, the task runs again cold.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 import shlex
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,7 @@ from ase.calculators.espresso import Espresso, EspressoProfile
 from zpe_core.engines.base import Engine
 from zpe_core.errors import EngineError
 from zpe_core.models import TaskResult, TaskSpec
-from zpe_core.plan import engine_owned, pseudo_digest, task_key
+from zpe_core.plan import engine_owned, is_reference, pseudo_digest
 
 log = logging.getLogger("zpe.engines.qe")
 
@@ -244,6 +247,26 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
+#: Every SCF converges this much tighter than the task's ``conv_thr`` (pw.x's default
+#: 1e-6 Ry when unset). Central differences divide force differences by 2 delta, so SCF
+#: noise that conv_thr allows in one energy moves frequencies; and warm starts from the
+#: reference's density leave an error that leans the same way at +delta and -delta and
+#: does not cancel (issue 14; docs/benchmarks.md). 1e-2 makes warm and cold agree.
+SCF_CONV_THR_FACTOR = 1e-2
+_PW_DEFAULT_CONV_THR = 1e-6
+
+
+def _scf_conv_thr(electrons: dict[str, Any]) -> float:
+    """The ``conv_thr`` pw.x is given: the task's (or pw.x's default) times the factor."""
+    value: Any = _PW_DEFAULT_CONV_THR
+    for key in [k for k in electrons if k.lower() == "conv_thr"]:
+        value = electrons.pop(key)
+    try:
+        return float(str(value).lower().replace("d", "e")) * SCF_CONV_THR_FACTOR
+    except ValueError:
+        return _PW_DEFAULT_CONV_THR * SCF_CONV_THR_FACTOR  # pw.x would refuse it anyway
+
+
 def _prepare_input_data(
     input_data: dict[str, dict[str, Any]],
     workdir: Path,
@@ -254,9 +277,9 @@ def _prepare_input_data(
 ) -> dict[str, Any]:
     """The user's namelists with engine-owned keys replaced: SCF with forces, files in workdir.
 
-    ``save`` keeps the converged density on disk (the reference of a warm-start
-    cache); ``warm`` starts from the density in ``workdir/out`` (``warm_wfc``: and
-    from its wavefunctions).
+    ``conv_thr`` is tightened by ``SCF_CONV_THR_FACTOR``. ``save`` keeps the converged
+    density on disk (the reference of a warm-start cache); ``warm`` starts from the
+    density in ``workdir/out`` (``warm_wfc``: and from its wavefunctions).
     """
     nested: dict[str, dict[str, Any]] = {}
     for section, values in input_data.items():
@@ -273,8 +296,9 @@ def _prepare_input_data(
             "disk_io": "low" if save else "none",
         }
     )
+    electrons = nested.setdefault("electrons", {})
+    electrons["conv_thr"] = _scf_conv_thr(electrons)
     if warm:
-        electrons = nested.setdefault("electrons", {})
         for key in [k for k in electrons if k.lower() in ("startingpot", "startingwfc")]:
             del electrons[key]
         electrons["startingpot"] = "file"
@@ -296,6 +320,77 @@ def default_warm_start_dir(scratch_dir: str | None) -> Path:
     """``<scratch_dir or the system temp dir>/zpe-warm-<uid>``."""
     uid = os.getuid() if hasattr(os, "getuid") else 0
     return Path(scratch_dir or tempfile.gettempdir()) / f"zpe-warm-{uid}"
+
+
+# A reference's outdir shipped to other machines (issue 14): MAGIC, the SHA-256 of
+# the rest, then zlib of (u16 name length, name, u64 size, bytes) per file. Only
+# pw.x's restart files, by name; sizes capped packed and unpacked.
+_SHIPPED_MAGIC = b"ZPE-REFERENCE-OUTDIR-1\n"
+_SHIPPED_NAME = re.compile(
+    rf"{_PREFIX}\.xml|{_PREFIX}\.save/[A-Za-z0-9_-]{{1,64}}\.(?:dat|txt|xml)"
+)
+
+
+class ShippedOutdirError(ValueError):
+    """A shipped reference outdir is corrupt, too large or holds files it may not."""
+
+
+def pack_outdir(outdir: Path, max_bytes: int) -> bytes | None:
+    """The restart files of ``outdir`` as one blob, or None if over ``max_bytes``."""
+    parts: list[bytes] = []
+    total = 0
+    for path in sorted(outdir.rglob("*")):
+        name = path.relative_to(outdir).as_posix()
+        if path.is_symlink() or not path.is_file() or not _SHIPPED_NAME.fullmatch(name):
+            continue
+        data = path.read_bytes()
+        encoded = name.encode()
+        total += 10 + len(encoded) + len(data)
+        if total > max_bytes:
+            return None
+        parts += [struct.pack(">H", len(encoded)), encoded, struct.pack(">Q", len(data)), data]
+    body = zlib.compress(b"".join(parts), 1)
+    blob = _SHIPPED_MAGIC + hashlib.sha256(body).digest() + body
+    return blob if len(blob) <= max_bytes else None
+
+
+def unpack_outdir(blob: bytes, dest: Path, max_bytes: int) -> None:
+    """Write the files of a ``pack_outdir`` blob under ``dest`` (raises ``ShippedOutdirError``)."""
+    head = len(_SHIPPED_MAGIC)
+    if len(blob) > max_bytes or not blob.startswith(_SHIPPED_MAGIC):
+        raise ShippedOutdirError("not a shipped reference outdir (or too large)")
+    digest, body = blob[head : head + 32], blob[head + 32 :]
+    if hashlib.sha256(body).digest() != digest:
+        raise ShippedOutdirError("shipped reference outdir is corrupt (digest mismatch)")
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(body, max_bytes + 1)
+    except zlib.error as exc:
+        raise ShippedOutdirError(f"shipped reference outdir is corrupt: {exc}") from exc
+    if len(raw) > max_bytes or inflater.unconsumed_tail or not inflater.eof:
+        raise ShippedOutdirError("shipped reference outdir unpacks beyond the size cap")
+    files: dict[str, bytes] = {}
+    pos = 0
+    try:
+        while pos < len(raw):
+            (name_len,) = struct.unpack_from(">H", raw, pos)
+            name = raw[pos + 2 : pos + 2 + name_len].decode()
+            (size,) = struct.unpack_from(">Q", raw, pos + 2 + name_len)
+            start = pos + 10 + name_len
+            if start + size > len(raw):
+                raise ShippedOutdirError("shipped reference outdir is truncated")
+            files[name] = raw[start : start + size]
+            pos = start + size
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise ShippedOutdirError(f"shipped reference outdir is corrupt: {exc}") from exc
+    if any(not _SHIPPED_NAME.fullmatch(name) for name in files):
+        raise ShippedOutdirError("shipped reference outdir names a file it may not")
+    if _DENSITY_FILE.as_posix() not in files:
+        raise ShippedOutdirError("shipped reference outdir has no charge density")
+    for name, data in files.items():
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
 
 
 class WarmStartCache:
@@ -354,6 +449,34 @@ class WarmStartCache:
             shutil.rmtree(staging, ignore_errors=True)
         self._evict()
 
+    def pack(self, key: str, max_bytes: int) -> bytes | None:
+        """Entry ``key`` as a blob for another machine (``pack_outdir``), or None."""
+        entry = self.get(key)
+        if entry is None:
+            return None
+        try:
+            return pack_outdir(entry, max_bytes)
+        except OSError:
+            return None  # evicted while being read
+
+    def unpack(self, key: str, blob: bytes, max_bytes: int) -> bool:
+        """Add entry ``key`` from another machine's ``pack``; False if the blob is refused."""
+        if not self._valid_key(key) or not self._ready():
+            return False
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        try:
+            unpack_outdir(blob, staging / "out", max_bytes)
+            os.rename(staging / "out", self.root / key)
+        except ShippedOutdirError as exc:
+            log.warning("shipped reference outdir refused: %s", exc)
+            return False
+        except OSError:
+            pass  # a concurrent put won (then the entry is there), or the disk is full
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        self._evict()
+        return self.get(key) is not None
+
     def _evict(self) -> None:
         try:
             entries = [p for p in self.root.iterdir() if self._valid_key(p.name)]
@@ -377,12 +500,14 @@ class QeEngine(Engine):
         version: str | None = None,
         *,
         warm_start_cache: WarmStartCache | None = None,
+        shipped_state_max_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.pw_command = pw_command
         self.pseudo_dir = pseudo_dir
         self.timeout_seconds = timeout_seconds
         self._version = version
         self.warm_start_cache = warm_start_cache  # None: every SCF starts cold
+        self.shipped_state_max_bytes = shipped_state_max_bytes
 
     def version(self) -> str:
         """The configured version, else ``qe-<banner version>`` (probed once per command)."""
@@ -407,7 +532,7 @@ class QeEngine(Engine):
         cache, ref = self.warm_start_cache, spec.reference_key
         if cache is None or ref is None:
             return self._compute(spec, workdir)
-        if task_key(spec) == ref:  # this is the reference point: keep its density
+        if is_reference(spec):  # keep its density
             result = self._compute(spec, workdir, save=True)
             cache.put(ref, workdir / "out")
             return result
@@ -429,6 +554,24 @@ class QeEngine(Engine):
         finally:
             shutil.rmtree(warm_dir, ignore_errors=True)
         return self._compute(spec, workdir)
+
+    def needs_reference_density(self, spec: TaskSpec) -> bool:
+        cache, ref = self.warm_start_cache, spec.reference_key
+        if cache is None or ref is None or is_reference(spec):
+            return False
+        return cache.get(ref) is None
+
+    def export_reference_density(self, spec: TaskSpec) -> bytes | None:
+        if self.warm_start_cache is None or not is_reference(spec):
+            return None
+        assert spec.reference_key is not None
+        return self.warm_start_cache.pack(spec.reference_key, self.shipped_state_max_bytes)
+
+    def import_reference_density(self, spec: TaskSpec, blob: bytes) -> bool:
+        cache, ref = self.warm_start_cache, spec.reference_key
+        if cache is None or ref is None or is_reference(spec):
+            return False
+        return cache.unpack(ref, blob, self.shipped_state_max_bytes)
 
     def _check_pseudos(self, spec: TaskSpec) -> None:
         """Refuse to compute with pseudopotential files other than the key promised."""

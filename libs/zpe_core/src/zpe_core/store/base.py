@@ -532,6 +532,46 @@ class JobStore(ABC):
             return None
         return self._get_blob(f"artifacts/{job_id}/{name}")
 
+    # ------------------------------------------------------------------ reference densities
+
+    def put_reference_density(self, reference_key: str, data: bytes) -> bool:
+        """Keep the packed converged density of reference task ``reference_key`` for other
+        workers' warm starts. Create-only (the first write wins): False if one is there."""
+        if not _safe_id(reference_key):
+            return False
+        try:
+            self._create(f"density/{reference_key}", data)
+        except AlreadyExists:
+            return False
+        with contextlib.suppress(AlreadyExists):
+            self._create(f"density-index/{_ms(now())}-{reference_key}", b"")
+        return True
+
+    def get_reference_density(self, reference_key: str) -> bytes | None:
+        if not _safe_id(reference_key):
+            return None
+        found = self._read(f"density/{reference_key}")
+        return None if found is None else found[0]
+
+    def prune_reference_densities(self, stored_before: float) -> int:
+        """Delete the reference densities stored before ``stored_before`` (and any left
+        without an age by a crash between its two writes); returns how many."""
+        prefix, cutoff = "density-index/", f"density-index/{_ms(stored_before)}"
+        indexed: set[str] = set()
+        pruned = 0
+        for key in self._iter_keys(prefix):
+            reference_key = key[len(prefix) + 16 :]  # after '<ms>-'
+            if key >= cutoff:
+                indexed.add(reference_key)
+                continue
+            self._delete(f"density/{reference_key}")
+            self._delete(key)
+            pruned += 1
+        for key in self._iter_keys("density/"):
+            if key[len("density/") :] not in indexed:
+                self._delete(key)  # pruned above, or never indexed
+        return pruned
+
     # ------------------------------------------------------------------ documents
 
     def create_document(self, key: str, document: M) -> Versioned[M]:

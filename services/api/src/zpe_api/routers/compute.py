@@ -38,12 +38,13 @@ from zpe_api.deps import (
     SettingsDep,
     WorkerDep,
 )
-from zpe_core.errors import Forbidden, InputError, Unauthorized
+from zpe_core.errors import Forbidden, InputError, InputTooLarge, NotFound, Unauthorized
 
 router = APIRouter(prefix="/calc/zpe/compute", tags=["compute servers"])
 #: The result route, whose body cap is ``ZPE_MAX_RESULT_BYTES`` (checked by ``BodyLimit``
 #: on the stream, before the result is parsed).
 RESULT_PATH = re.compile(r"/calc/zpe/compute/tasks/[^/]+/result")
+DENSITY_PATH = re.compile(r"/calc/zpe/compute/tasks/[^/]+/reference-density")
 
 #: How often a waiting lease request looks at the queue again.
 POLL_INTERVAL_SECONDS = 0.5
@@ -194,6 +195,61 @@ def release(
     """Give the lease back without counting an attempt (the worker is shutting down)."""
     task = coordinator.release(server, task_id, body.epoch, body.lease_id)
     return {"task_id": task_id, "state": task.state.value}
+
+
+LeaseEpochHeader = Annotated[int, Header(alias="X-Lease-Epoch", ge=1)]
+LeaseIdHeader = Annotated[str, Header(alias="X-Lease-Id", min_length=1, max_length=64)]
+_DENSITY_MEDIA_TYPE = "application/octet-stream"
+
+
+@router.get(
+    "/tasks/{task_id}/reference-density",
+    response_class=Response,
+    responses={200: {"content": {_DENSITY_MEDIA_TYPE: {}}, "description": "Packed density"}},
+)
+def get_reference_density(
+    task_id: str,
+    server: WorkerDep,
+    coordinator: CoordinatorDep,
+    epoch: LeaseEpochHeader,
+    lease_id: LeaseIdHeader,
+) -> Response:
+    """The converged density of the reference point of the task this server holds (to
+    start its SCF warm); 404 if none was shipped; 409 if the lease is not current."""
+    blob = coordinator.reference_density(server, task_id, epoch, lease_id)
+    if blob is None:
+        raise NotFound("no reference density for this task", code="no_reference_density")
+    return Response(blob, media_type=_DENSITY_MEDIA_TYPE)
+
+
+@router.put("/tasks/{task_id}/reference-density")
+async def put_reference_density(
+    task_id: str,
+    request: Request,
+    server: WorkerDep,
+    coordinator: CoordinatorDep,
+    settings: SettingsDep,
+    epoch: LeaseEpochHeader,
+    lease_id: LeaseIdHeader,
+) -> dict[str, object]:
+    """Ship the converged density of a reference task, under its lease, before its result
+    (the first one stays); 413 beyond ``ZPE_WARM_START_SHARE_MAX_BYTES``."""
+    cap = settings.warm_start_share_max_bytes
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise InputTooLarge(
+                f"the density is over {cap} bytes; at most {cap} are accepted",
+                code="density_too_large",
+            )
+        chunks.append(chunk)
+    blob = b"".join(chunks)
+    stored = await run_in_threadpool(
+        coordinator.store_reference_density, server, task_id, epoch, lease_id, blob
+    )
+    return {"task_id": task_id, "stored": stored}
 
 
 def _event_id(body_value: str | None, header: str | None) -> str:
