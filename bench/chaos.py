@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from tests.fixtures.servers import RedisServer, free_port  # noqa: E402
+from tests.fixtures.servers import RedisServer, free_port, server_runtime  # noqa: E402
 from zpe_core.models import Job, JobRequest, JobState, Task, TaskState  # noqa: E402
 from zpe_core.runner import run_task  # noqa: E402
 from zpe_core.service import JobService  # noqa: E402
@@ -792,19 +792,19 @@ class PushFigures:
 
 def run_push(workdir: Path, redis: RedisServer, *, jobs: int, seed: int) -> PushFigures:
     """Phase 2: duplicated and concurrent deliveries through the Cloud Tasks emulator."""
-    from tests.fixtures.cloud_tasks import TasksEmulator, ensure_emulator_venv
+    from tests.fixtures.cloud_tasks import tasks_emulator_for
     from zpe_core.dispatch.cloud_tasks import CloudTasksDispatcher
 
     figures = PushFigures(jobs=jobs)
-    binary = ensure_emulator_venv()
-    if binary is None:
-        raise RuntimeError("gcloud-tasks-emulator could not be installed")
+    tasks = tasks_emulator_for()
+    if not tasks.available():
+        raise RuntimeError(f"gcloud-tasks-emulator is not available ({tasks.runtime})")
     started = time.monotonic()
     bodies = job_requests(jobs, seed + 1)
     for i, body in enumerate(bodies):
         if "delta" in body:
             body["delta"] = round(body["delta"] + 0.03 + 0.0001 * i, 6)
-    with TasksEmulator(binary) as emulator:
+    with tasks as emulator:
         queue = emulator.create_queue()
         store_url = f"{redis.url}?namespace=push-{uuid.uuid4().hex[:8]}"
         worker_port, api_port = free_port(), free_port()
@@ -1055,9 +1055,9 @@ def run_all(
     in_flight: int,
     timeout: float = 900.0,
 ) -> tuple[PullFigures, PushFigures | None, list[str]]:
-    redis = RedisServer()
+    redis = RedisServer(server_runtime())
     if not redis.available():
-        raise RuntimeError("redis-server is not installed")
+        raise RuntimeError(f"redis-server is not available ({redis.runtime})")
     with redis:
         pull = PullChaos(
             workdir,

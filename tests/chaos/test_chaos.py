@@ -16,15 +16,16 @@ import pytest
 
 from bench.chaos import check_pull, check_push, report_pull, report_push, run_all
 from tests.conftest import require_or_skip
-from tests.fixtures.cloud_tasks import ensure_emulator_venv
-from tests.fixtures.servers import RedisServer
+from tests.fixtures.cloud_tasks import tasks_emulator_for
+from tests.fixtures.servers import RedisServer, server_runtime
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
 
 def test_no_job_lost_or_committed_twice_under_chaos(tmp_path: Path) -> None:
-    require_or_skip(RedisServer().available(), "redis-server")
-    require_or_skip(ensure_emulator_venv() is not None, "gcloud-tasks-emulator (its own venv)")
+    runtime = server_runtime()  # ZPE_TEST_SERVERS: local processes or containers
+    require_or_skip(RedisServer(runtime).available(), f"redis-server ({runtime})")
+    require_or_skip(tasks_emulator_for(runtime).available(), f"gcloud-tasks-emulator ({runtime})")
     pull, push, problems = run_all(
         tmp_path,
         jobs=16,
