@@ -20,9 +20,10 @@ from enum import StrEnum
 from pathlib import Path
 
 from zpe_core.engines import get_engine
-from zpe_core.errors import EngineError, StateConflict, ZpeError
+from zpe_core.errors import EngineError, InputError, StateConflict, ZpeError
 from zpe_core.logs import bind, log_context
 from zpe_core.models import ErrorInfo, Task, TaskResult, TaskSpec
+from zpe_core.namelists import recheck_task_spec, refused_spec
 from zpe_core.service import JobService
 from zpe_core.settings import Settings
 
@@ -43,8 +44,14 @@ class Outcome(StrEnum):
 def compute_task(spec: TaskSpec, settings: Settings, *, task_id: str = "") -> TaskResult:
     """Run the engine for ``spec`` in a private scratch directory, removed after.
 
-    Raises ``EngineError``; unexpected exceptions become retryable engine errors.
+    The spec is checked again first (:func:`~zpe_core.namelists.recheck_task_spec`:
+    the store's record is not trusted). Raises ``EngineError``; unexpected exceptions
+    become retryable engine errors.
     """
+    try:
+        recheck_task_spec(spec, settings.input_limits)
+    except InputError as exc:
+        raise refused_spec(exc) from exc
     engine = get_engine(spec.engine, settings)
     if engine.version() != spec.engine_version:
         # The task key promised forces from another version: computing them here would

@@ -18,7 +18,7 @@ import numpy as np
 from ase import Atoms
 
 from zpe_core import metrics
-from zpe_core.analysis import Displacement, analyze, displaced_positions
+from zpe_core.analysis import Displacement, analyze, displaced_positions, displacements
 from zpe_core.artifacts import (
     ARTIFACT_NAMES,
     build_result,
@@ -56,6 +56,7 @@ from zpe_core.plan import (
     Plan,
     PlannedTask,
     build_plan,
+    check_plan_cost,
     new_job_id,
     request_fingerprint,
     task_key,
@@ -117,8 +118,17 @@ class JobService:
                 f"engine {engine!r} is not offered here; choose one of {self.settings.engines}",
                 code="unknown_engine",
             )
-        parsed = parse_qe_input(request.input_text, max_bytes=self.settings.max_input_bytes)
+        parsed = parse_qe_input(
+            request.input_text,
+            max_bytes=self.settings.max_input_bytes,
+            limits=self.settings.input_limits,
+        )
         mobile = select_mobile(parsed, request.mobile, max_mobile=self.settings.max_mobile_atoms)
+        check_plan_cost(
+            len(parsed.atoms),
+            len(displacements(mobile, request.nfree)),
+            self.settings.max_plan_positions,
+        )
         plan = build_plan(
             parsed,
             mobile,
@@ -794,7 +804,9 @@ def _displacement(d: DerivedPoint) -> Displacement:
 
 def _atoms_with_input_masses(job: Job, settings: Settings) -> Atoms:
     """The reference structure with the masses of ATOMIC_SPECIES (isotopes matter)."""
-    parsed = parse_qe_input(job.request.input_text, max_bytes=settings.max_input_bytes)
+    parsed = parse_qe_input(
+        job.request.input_text, max_bytes=settings.max_input_bytes, limits=settings.input_limits
+    )
     atoms: Atoms = parsed.atoms.copy()
     standard = atoms.get_masses()
     # pw.x ignores masses in an SCF, so inputs often carry placeholders (1.0 for Cu):

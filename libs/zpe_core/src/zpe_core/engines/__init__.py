@@ -41,6 +41,9 @@ def get_engine(name: str, settings: Settings) -> Engine:
             timeout_seconds=settings.task_timeout_seconds,
             version=settings.qe_version,
             warm_start_cache=warm_start_cache,
+            limits=settings.input_limits,
+            max_memory_mb=settings.pw_max_memory_mb,
+            max_file_mb=settings.pw_max_file_mb,
         )
     raise ConfigurationError(
         f"unknown engine {name!r}; known engines: {', '.join(ENGINE_NAMES)}",
