@@ -256,7 +256,11 @@ class JobService:
         except AlreadyExists:
             pass
         found = self.store.get_task(planned.task_id)
-        if found is not None and found.value.state is TaskState.DONE:
+        if (
+            found is not None
+            and found.value.state is TaskState.DONE
+            and _spec_matches_key(found.value)
+        ):
             # Reused as it is: a done task never changes again and no job waits for it,
             # so resubmitting writes nothing per task (and subscriber lists stay short).
             return found.value, False
@@ -264,12 +268,27 @@ class JobService:
 
         def change(task: Task) -> Task | None:
             revived.clear()  # a lost compare-and-swap retries this function
+            foreign = not _spec_matches_key(task)
             if (
-                job_id in task.subscribers
+                not foreign
+                and job_id in task.subscribers
                 and target in task.targets
                 and task.state not in (TaskState.FAILED, TaskState.CANCELLED)
             ):
                 return None
+            if foreign:
+                # The stored spec is not what its key promises (a record written by other
+                # code, or tampered with): never inherit it. Take the planned spec and
+                # compute afresh; a worker holding the old spec loses its lease.
+                log.error(
+                    "stored task spec does not match its key: replaced",
+                    extra={"task_id": task.task_id, "job_id": job_id},
+                )
+                task.spec = planned.spec.model_copy(deep=True)
+                task.result = None
+                task.lease = None
+                if task.state is not TaskState.QUEUED:
+                    task.state = TaskState.FAILED  # revived just below
             if target not in task.targets:
                 task.targets.append(target)
             if job_id not in task.subscribers:
@@ -800,6 +819,12 @@ DISPATCH_REQUESTS = "dispatch-requests/"
 
 def _displacement(d: DerivedPoint) -> Displacement:
     return Displacement(name=d.name, atom=d.atom, axis=d.axis, step=d.step)
+
+
+def _spec_matches_key(task: Task) -> bool:
+    """Whether a stored task's spec hashes to its id: what every subscriber expects it
+    to compute (the key covers everything that reaches pw.x, see ``task_key``)."""
+    return task_key(task.spec) == task.task_id
 
 
 def _atoms_with_input_masses(job: Job, settings: Settings) -> Atoms:
