@@ -22,7 +22,10 @@ def get_engine(name: str, settings: Settings) -> Engine:
     if name == "mock":
         from zpe_core.engines.mock import MockEngine
 
-        return MockEngine(delay_seconds=settings.mock_delay_seconds)
+        return MockEngine(
+            delay_seconds=settings.mock_delay_seconds,
+            timeout_seconds=settings.task_timeout_seconds,
+        )
     if name == "qe":
         # Imported here so processes that never run pw.x do not load ASE's calculator stack.
         from zpe_core.engines.qe import QeEngine, WarmStartCache, default_warm_start_dir

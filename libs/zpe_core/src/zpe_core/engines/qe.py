@@ -198,6 +198,13 @@ def classify_failure(
             code="engine_unavailable",
             output_tail=tail,
         )
+    if returncode is not None and -returncode == signal.SIGXFSZ:
+        return EngineError(
+            "pw.x was stopped for writing a file larger than ZPE_PW_MAX_FILE_MB",
+            retryable=False,
+            code="engine_resource_limit",
+            output_tail=tail,
+        )
     if returncode is not None and returncode < 0:
         return EngineError(
             f"pw.x was killed by signal {signal.Signals(-returncode).name}",
