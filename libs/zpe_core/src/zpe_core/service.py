@@ -48,6 +48,7 @@ from zpe_core.models import (
     JobSummary,
     Task,
     TaskRef,
+    TaskSpec,
     TaskState,
     hill_formula,
     now,
@@ -259,7 +260,7 @@ class JobService:
         if (
             found is not None
             and found.value.state is TaskState.DONE
-            and _spec_matches_key(found.value)
+            and _same_computation(found.value.spec, planned.spec)
         ):
             # Reused as it is: a done task never changes again and no job waits for it,
             # so resubmitting writes nothing per task (and subscriber lists stay short).
@@ -268,7 +269,7 @@ class JobService:
 
         def change(task: Task) -> Task | None:
             revived.clear()  # a lost compare-and-swap retries this function
-            foreign = not _spec_matches_key(task)
+            foreign = not _same_computation(task.spec, planned.spec)
             if (
                 not foreign
                 and job_id in task.subscribers
@@ -277,11 +278,12 @@ class JobService:
             ):
                 return None
             if foreign:
-                # The stored spec is not what its key promises (a record written by other
-                # code, or tampered with): never inherit it. Take the planned spec and
-                # compute afresh; a worker holding the old spec loses its lease.
+                # The stored spec would give pw.x another input than this job's own (a
+                # record written by other code, or tampered with): never inherit it. Take
+                # the planned spec and compute afresh; a worker holding the old one loses
+                # its lease.
                 log.error(
-                    "stored task spec does not match its key: replaced",
+                    "stored task spec differs from the planned one: replaced",
                     extra={"task_id": task.task_id, "job_id": job_id},
                 )
                 task.spec = planned.spec.model_copy(deep=True)
@@ -821,10 +823,10 @@ def _displacement(d: DerivedPoint) -> Displacement:
     return Displacement(name=d.name, atom=d.atom, axis=d.axis, step=d.step)
 
 
-def _spec_matches_key(task: Task) -> bool:
-    """Whether a stored task's spec hashes to its id: what every subscriber expects it
-    to compute (the key covers everything that reaches pw.x, see ``task_key``)."""
-    return task_key(task.spec) == task.task_id
+def _same_computation(stored: TaskSpec, planned: TaskSpec) -> bool:
+    """Whether a stored spec gives the engine what the planned one would: their key
+    material (everything that reaches pw.x, see ``task_key``) is the same."""
+    return task_key(stored) == task_key(planned)
 
 
 def _atoms_with_input_masses(job: Job, settings: Settings) -> Atoms:
