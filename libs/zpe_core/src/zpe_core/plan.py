@@ -12,37 +12,36 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from zpe_core.analysis import Displacement, displaced_positions, displacements
+from zpe_core.errors import InputError
 from zpe_core.models import JobRequest, QeCalcSpec, StructureInfo, TaskRef, TaskSpec
+from zpe_core.namelists import role_of
 from zpe_core.qe_input import ParsedInput, check_species_labels
-
-#: Namelist keys that never change forces, left out of task keys.
-_KEY_IGNORED = {"verbosity", "title", "iprint", "max_seconds", "disk_io", "wf_collect", "outdir"}
-
-#: Namelist keys the qe engine owns and replaces before pw.x sees the input: the
-#: geometry comes from the task (cell and positions in Å, which are in the key),
-#: files go to the task's scratch, and the calculation is always an SCF with forces.
-#: They never reach pw.x as the user wrote them, so they stay out of task keys too
-#: (``ibrav=1, celldm(1)=...`` and ``ibrav=0`` + ``CELL_PARAMETERS`` share a key).
-ENGINE_OWNED_KEYS: dict[str, frozenset[str]] = {
-    "control": frozenset(
-        {"outdir", "prefix", "pseudo_dir", "wfcdir", "calculation", "tprnfor", "disk_io"}
-    ),
-    "system": frozenset({"nat", "ntyp", "ibrav", "a", "b", "c", "cosab", "cosac", "cosbc"}),
-}
 
 
 def engine_owned(section: str, key: str) -> bool:
-    """Whether the qe engine replaces ``key`` of ``&section`` (then it is not in the key)."""
-    sec, name = section.lower().lstrip("&"), key.lower()
-    return name in ENGINE_OWNED_KEYS.get(sec, frozenset()) or (
-        sec == "system" and name.startswith("celldm")
-    )
+    """Whether the qe engine sets ``key`` of ``&section`` itself (the table:
+    :data:`zpe_core.namelists.NAMELIST_KEYS`); owned keys are not in task keys
+    (``ibrav=1, celldm(1)=...`` and ``ibrav=0`` + ``CELL_PARAMETERS`` share a key)."""
+    return role_of(section, key) == "owned"
+
+
+def check_plan_cost(natoms: int, ntasks: int, max_positions: int) -> None:
+    """Refuse a job whose specs would hold more than ``max_positions`` atom positions
+    (tasks x atoms), before any spec is built."""
+    if natoms * ntasks > max_positions:
+        raise InputError(
+            f"{ntasks} tasks of {natoms} atoms each exceed this service's limit of "
+            f"{max_positions} atom positions per job (tasks x atoms): fewer mobile atoms "
+            "or a smaller structure",
+            code="job_too_costly",
+        )
 
 
 @dataclass(frozen=True)
@@ -136,10 +135,11 @@ def task_key(spec: TaskSpec) -> str:
     """The content hash that identifies a point: equal keys give equal forces.
 
     In the key: everything that reaches pw.x (species, every atom's position, fixed
-    ones included, cell, namelists, k-points, pseudopotential names and file
-    digests) and the engine version. Not in the key: what cannot change forces
-    (masses, which only the job's Hessian uses; output and file options; keys
-    the engine replaces) and ``reference_key`` (the warm-start hint: a converged
+    ones included, cell, every ``passed`` namelist key, k-points, pseudopotential
+    names and file digests) and the engine version. Not in the key: masses (only
+    the job's Hessian uses them), keys that never reach pw.x (``owned`` ones the
+    engine sets itself, ``dropped`` ones such as ``title`` or ``max_seconds``; see
+    :mod:`zpe_core.namelists`) and ``reference_key`` (the warm-start hint: a converged
     SCF agrees with a cold one within ``conv_thr``, see docs/benchmarks.md).
     """
     material: dict[str, Any] = {
@@ -154,9 +154,7 @@ def task_key(spec: TaskSpec) -> str:
         material["qe"] = {
             "input_data": {
                 section.lower().lstrip("&"): {
-                    k.lower(): v
-                    for k, v in values.items()
-                    if k.lower() not in _KEY_IGNORED and not engine_owned(section, k)
+                    k.lower(): v for k, v in values.items() if role_of(section, k) == "passed"
                 }
                 for section, values in spec.qe.input_data.items()
             },
@@ -171,15 +169,24 @@ def task_key(spec: TaskSpec) -> str:
 
 def pseudo_digest(pseudo_dir: str | None, filename: str) -> str | None:
     """SHA-256 of a pseudopotential file, or ``None`` where this process cannot see it
-    (the control plane of a split deployment has no pseudopotentials)."""
+    (the control plane of a split deployment has no pseudopotentials).
+
+    A name that is not a regular file (a directory, a FIFO that would block the read)
+    raises :class:`InputError` ``bad_pseudopotential``.
+    """
     if not pseudo_dir:
         return None
     path = Path(pseudo_dir) / filename
     try:
-        stat = path.stat()
+        info = path.stat()
     except OSError:
         return None
-    return _digest_file(str(path), stat.st_mtime_ns, stat.st_size)
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(
+            f"pseudopotential {filename!r} is not a regular file in the pseudopotential directory",
+            code="bad_pseudopotential",
+        )
+    return _digest_file(str(path), info.st_mtime_ns, info.st_size)
 
 
 @lru_cache(maxsize=256)

@@ -123,7 +123,9 @@ def preview_request(request: JobRequest, settings: Settings) -> InputPreview:
     a submission is.
     """
     engine = resolve_engine(request.engine, settings)
-    parsed = parse_qe_input(request.input_text, max_bytes=settings.max_input_bytes)
+    parsed = parse_qe_input(
+        request.input_text, max_bytes=settings.max_input_bytes, limits=settings.input_limits
+    )
     check_species_labels(parsed)
     natoms = len(parsed.atoms)
     fixed = set(parsed.fixed_indices)

@@ -19,6 +19,7 @@ import copy
 import io
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,20 +32,23 @@ from ase.data import chemical_symbols
 from ase.units import Bohr
 
 from zpe_core.errors import InputError, InputTooLarge
+from zpe_core.namelists import (
+    DROPPED_NAMELISTS,
+    NAMELIST_KEYS,
+    InputLimits,
+    check_namelists,
+    check_pseudo_name,
+    role_of,
+)
 
 MAX_INPUT_BYTES_DEFAULT = 1024 * 1024
 
 # ASE's espresso helpers carry no annotations; calling them through Any keeps strict mypy quiet.
 _ase_espresso: Any = _ase_espresso_module
 
-# Namelists pw.x knows that this service can pass on (FCP / RISM need extra machinery).
-_KNOWN_NAMELISTS = ("control", "system", "electrons", "ions", "cell")
-_DROPPED_NAMELISTS = ("ions", "cell")
-# Keys the service owns: each task gets its own scratch directory and pseudopotentials.
-_DROPPED_CONTROL_KEYS = ("outdir", "prefix", "pseudo_dir", "wfcdir", "restart_mode", "disk_io")
-# The geometry travels as ASE atoms (written back with ibrav = 0), so the
-# user's lattice description must not reach pw.x a second time.
-_GEOMETRY_KEY = re.compile(r"^(ibrav|nat|ntyp|a|b|c|cosab|cosac|cosbc|celldm\(\s*\d\s*\))$")
+# Namelists pw.x knows that this service can pass on (FCP / RISM need extra machinery);
+# which keys of them reach pw.x is decided by zpe_core.namelists (one table).
+_KNOWN_NAMELISTS = (*NAMELIST_KEYS, *DROPPED_NAMELISTS)
 
 _CARDS_USED = ("ATOMIC_SPECIES", "ATOMIC_POSITIONS", "K_POINTS", "CELL_PARAMETERS")
 # Only meaningful for relax / MD, which are forced away; accepted and dropped.
@@ -96,11 +100,20 @@ class _Card:
     lines: list[str]
 
 
-def parse_qe_input(text: str, *, max_bytes: int = MAX_INPUT_BYTES_DEFAULT) -> ParsedInput:
-    """Parse and validate a ``pw.x`` input; raise :class:`InputError` on any problem."""
+def parse_qe_input(
+    text: str, *, max_bytes: int = MAX_INPUT_BYTES_DEFAULT, limits: InputLimits | None = None
+) -> ParsedInput:
+    """Parse and validate a ``pw.x`` input; raise :class:`InputError` on any problem.
+
+    ``limits`` caps the atoms, k-points and bounded namelist values (defaults:
+    :class:`~zpe_core.namelists.InputLimits`); they are checked before the atoms are built.
+    """
+    limits = limits or InputLimits()
     _check_text(text, max_bytes)
     # A byte-order mark would hide the first '&' from ASE's namelist reader.
     namelists, card_lines = _read_namelists(text.removeprefix("\ufeff"))
+    # Unknown keys and unsafe values are refused before anything else is looked at.
+    check_namelists(namelists, limits)
     if "system" not in namelists:
         raise InputError(
             "the &SYSTEM namelist is missing (it must give ibrav, nat, ntyp and ecutwfc)",
@@ -109,9 +122,13 @@ def parse_qe_input(text: str, *, max_bytes: int = MAX_INPUT_BYTES_DEFAULT) -> Pa
     system = namelists["system"]
     ibrav = _int_key(system, "ibrav", minimum=None)
     nat = _int_key(system, "nat", minimum=1)
+    if nat > limits.max_atoms:
+        raise InputError(
+            f"&SYSTEM nat = {nat}: at most {limits.max_atoms} atoms are accepted",
+            code="too_many_atoms",
+        )
     ntyp = _int_key(system, "ntyp", minimum=1)
     _check_ecut(system)
-    _check_not_magnetic(system)
 
     cards = _split_cards(card_lines)
     species_card = _require_card(cards, "ATOMIC_SPECIES")
@@ -141,6 +158,12 @@ def parse_qe_input(text: str, *, max_bytes: int = MAX_INPUT_BYTES_DEFAULT) -> Pa
         rows = "\n".join(" ".join(repr(float(x)) for x in row / alat) for row in cell)
         cell_text = f"CELL_PARAMETERS alat\n{rows}\n"
     kpts, koffset = _parse_kpoints(kpoints_card)
+    if kpts is not None and kpts[0] * kpts[1] * kpts[2] > limits.max_kpoints:
+        raise InputError(
+            f"K_POINTS grid {kpts[0]}x{kpts[1]}x{kpts[2]} exceeds this service's limit of "
+            f"{limits.max_kpoints} k-points (nk1*nk2*nk3)",
+            code="limit_exceeded",
+        )
 
     elements = {label: _element(label, pseudo) for label, pseudo in species.items()}
     atoms = _build_atoms(species_card, positions_card, cell_text, nat, ntyp, alat, elements)
@@ -172,25 +195,25 @@ def parse_qe_input(text: str, *, max_bytes: int = MAX_INPUT_BYTES_DEFAULT) -> Pa
 def force_scf(input_data: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Return a copy of the namelists turned into one SCF that prints forces.
 
-    Sets ``calculation = 'scf'`` and ``tprnfor = .true.``; drops what the
-    service owns (scratch and pseudopotential locations, restart and disk I/O
-    settings), the lattice keys (the geometry travels as atoms, written with
-    ``ibrav = 0``) and the &IONS / &CELL namelists.
+    Keeps only the keys that reach pw.x as written (role ``passed`` in
+    :data:`~zpe_core.namelists.NAMELIST_KEYS`) and sets ``calculation = 'scf'``
+    and ``tprnfor = .true.``: what the service owns (scratch and pseudopotential
+    locations, the lattice, which travels as atoms), output options, relaxation
+    settings, ``max_seconds`` and the &IONS / &CELL namelists are dropped.
     """
-    out: dict[str, dict[str, Any]] = {
-        str(name).lower(): {str(k).lower(): _plain(v) for k, v in section.items()}
-        for name, section in input_data.items()
-        if str(name).lower() not in _DROPPED_NAMELISTS
-    }
+    out: dict[str, dict[str, Any]] = {}
+    for name, section in input_data.items():
+        sec = str(name).lower()
+        if sec in DROPPED_NAMELISTS:
+            continue
+        out[sec] = {
+            str(k).lower(): _plain(v)
+            for k, v in section.items()
+            if role_of(sec, str(k)) == "passed"
+        }
     control = out.setdefault("control", {})
-    for key in _DROPPED_CONTROL_KEYS:
-        control.pop(key, None)
     control["calculation"] = "scf"
     control["tprnfor"] = True
-    system = out.get("system")
-    if system is not None:
-        for key in [k for k in system if _GEOMETRY_KEY.match(k)]:
-            del system[key]
     return out
 
 
@@ -233,6 +256,12 @@ def select_mobile(parsed: ParsedInput, mobile: list[int] | None, *, max_mobile: 
     else:
         if not mobile:
             raise InputError("the list of mobile atoms is empty", code="mobile_empty")
+        if len(mobile) > max(max_mobile, natoms):
+            # Before any other look at the list: it may hold hundreds of thousands of entries.
+            raise InputError(
+                f"{len(mobile)} mobile atoms requested, the limit is {max_mobile}",
+                code="too_many_mobile",
+            )
         bad = [i for i in mobile if isinstance(i, bool) or not isinstance(i, int)]
         if bad:
             raise InputError(
@@ -246,7 +275,7 @@ def select_mobile(parsed: ParsedInput, mobile: list[int] | None, *, max_mobile: 
                 f"{natoms} atoms, indices are 0-based (0..{natoms - 1})",
                 code="mobile_out_of_range",
             )
-        duplicates = sorted({i for i in mobile if mobile.count(i) > 1})
+        duplicates = sorted(i for i, n in Counter(mobile).items() if n > 1)
         if duplicates:
             raise InputError(
                 f"mobile atom indices {duplicates[:10]} are listed more than once",
@@ -317,7 +346,7 @@ def _read_namelists(text: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
                 )
             if value == "":
                 raise InputError(f"&{name.upper()} key {key!r} has no value", code="bad_namelist")
-            entries[key] = value
+            entries[key] = _plain(value)
         namelists[name] = entries
     return namelists, [str(line) for line in card_lines]
 
@@ -382,28 +411,6 @@ def _int_key(system: Mapping[str, Any], key: str, *, minimum: int | None) -> int
             f"&SYSTEM {key} must be at least {minimum}, got {value}", code="bad_namelist"
         )
     return value
-
-
-def _check_not_magnetic(system: Mapping[str, Any]) -> None:
-    """Refuse spin-polarised inputs rather than compute them wrongly.
-
-    ASE's ``espresso-in`` writer (3.29) rewrites ``starting_magnetization(i)``
-    from the atoms' initial magnetic moments and renumbers species, so a
-    magnetic input would silently run from zero magnetisation.
-    """
-    keys = {key.lower(): value for key, value in system.items()}
-    magnetic = (
-        keys.get("nspin", 1) not in (1, None)
-        or keys.get("noncolin") is True
-        or keys.get("lspinorb") is True
-        or any(key.startswith("starting_magnetization") and value for key, value in keys.items())
-    )
-    if magnetic:
-        raise InputError(
-            "spin-polarised inputs (nspin = 2, noncolin, lspinorb, starting_magnetization) "
-            "are not supported yet; remove them for a closed-shell calculation",
-            code="spin_polarized_unsupported",
-        )
 
 
 def _check_ecut(system: Mapping[str, Any]) -> None:
@@ -481,12 +488,7 @@ def _parse_species(card: _Card, ntyp: int) -> tuple[dict[str, str], dict[str, fl
         mass = _float(mass_text, f"the mass of species {label!r}")
         if mass < 0:
             raise InputError(f"the mass of species {label!r} is negative", code="bad_card")
-        # The name is joined to the service's pseudo_dir: no paths, no escaping it.
-        if "/" in pseudo or "\\" in pseudo or pseudo.startswith("."):
-            raise InputError(
-                f"pseudopotential {pseudo!r} of species {label!r} must be a plain file name",
-                code="bad_card",
-            )
+        check_pseudo_name(label, pseudo)
         species[label] = pseudo
         masses[label] = mass
     return species, masses

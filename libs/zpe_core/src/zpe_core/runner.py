@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Protocol
 
 from zpe_core.engines import Engine, get_engine
-from zpe_core.errors import EngineError, StateConflict, ZpeError
+from zpe_core.errors import EngineError, InputError, StateConflict, ZpeError
 from zpe_core.logs import bind, log_context
 from zpe_core.models import ErrorInfo, Task, TaskResult, TaskSpec
+from zpe_core.namelists import recheck_task_spec, refused_spec
 from zpe_core.service import JobService
 from zpe_core.settings import Settings
 from zpe_core.store.base import JobStore
@@ -104,10 +105,16 @@ def compute_task(
 ) -> TaskResult:
     """Run the engine for ``spec`` in a private scratch directory, removed after.
 
-    With ``densities``: fetch the reference's density first (displaced points) or
-    share it after (the reference). Raises ``EngineError``; unexpected exceptions
+    The spec is checked again first (:func:`~zpe_core.namelists.recheck_task_spec`:
+    the store's record is not trusted). With ``densities``: fetch the reference's
+    density first (displaced points) or share it after (the reference). Raises
+    ``EngineError``; unexpected exceptions
     become retryable engine errors.
     """
+    try:
+        recheck_task_spec(spec, settings.input_limits)
+    except InputError as exc:
+        raise refused_spec(exc) from exc
     engine = get_engine(spec.engine, settings)
     if engine.version() != spec.engine_version:
         # The task key promised forces from another version: computing them here would

@@ -18,7 +18,7 @@ import numpy as np
 from ase import Atoms
 
 from zpe_core import metrics
-from zpe_core.analysis import Displacement, analyze, displaced_positions
+from zpe_core.analysis import Displacement, analyze, displaced_positions, displacements
 from zpe_core.artifacts import ARTIFACT_NAMES, build_artifacts
 from zpe_core.dispatch.base import DispatchError, JobDispatcher
 from zpe_core.engines.base import MOCK_VERSION
@@ -43,6 +43,7 @@ from zpe_core.models import (
     JobSummary,
     Task,
     TaskRef,
+    TaskSpec,
     TaskState,
     hill_formula,
     now,
@@ -51,6 +52,7 @@ from zpe_core.plan import (
     Plan,
     PlannedTask,
     build_plan,
+    check_plan_cost,
     is_reference,
     new_job_id,
     request_fingerprint,
@@ -113,8 +115,17 @@ class JobService:
                 f"engine {engine!r} is not offered here; choose one of {self.settings.engines}",
                 code="unknown_engine",
             )
-        parsed = parse_qe_input(request.input_text, max_bytes=self.settings.max_input_bytes)
+        parsed = parse_qe_input(
+            request.input_text,
+            max_bytes=self.settings.max_input_bytes,
+            limits=self.settings.input_limits,
+        )
         mobile = select_mobile(parsed, request.mobile, max_mobile=self.settings.max_mobile_atoms)
+        check_plan_cost(
+            len(parsed.atoms),
+            len(displacements(mobile, request.nfree)),
+            self.settings.max_plan_positions,
+        )
         plan = build_plan(
             parsed,
             mobile,
@@ -244,7 +255,11 @@ class JobService:
         except AlreadyExists:
             pass
         found = self.store.get_task(planned.task_id)
-        if found is not None and found.value.state is TaskState.DONE:
+        if (
+            found is not None
+            and found.value.state is TaskState.DONE
+            and _same_computation(found.value.spec, planned.spec)
+        ):
             # Reused as it is: a done task never changes again and no job waits for it,
             # so resubmitting writes nothing per task (and subscriber lists stay short).
             return found.value, False
@@ -252,12 +267,28 @@ class JobService:
 
         def change(task: Task) -> Task | None:
             revived.clear()  # a lost compare-and-swap retries this function
+            foreign = not _same_computation(task.spec, planned.spec)
             if (
-                job_id in task.subscribers
+                not foreign
+                and job_id in task.subscribers
                 and target in task.targets
                 and task.state not in (TaskState.FAILED, TaskState.CANCELLED)
             ):
                 return None
+            if foreign:
+                # The stored spec would give pw.x another input than this job's own (a
+                # record written by other code, or tampered with): never inherit it. Take
+                # the planned spec and compute afresh; a worker holding the old one loses
+                # its lease.
+                log.error(
+                    "stored task spec differs from the planned one: replaced",
+                    extra={"task_id": task.task_id, "job_id": job_id},
+                )
+                task.spec = planned.spec.model_copy(deep=True)
+                task.result = None
+                task.lease = None
+                if task.state is not TaskState.QUEUED:
+                    task.state = TaskState.FAILED  # revived just below
             if target not in task.targets:
                 task.targets.append(target)
             if job_id not in task.subscribers:
@@ -800,9 +831,17 @@ def _displacement(d: DerivedPoint) -> Displacement:
     return Displacement(name=d.name, atom=d.atom, axis=d.axis, step=d.step)
 
 
+def _same_computation(stored: TaskSpec, planned: TaskSpec) -> bool:
+    """Whether a stored spec gives the engine what the planned one would: their key
+    material (everything that reaches pw.x, see ``task_key``) is the same."""
+    return task_key(stored) == task_key(planned)
+
+
 def _atoms_with_input_masses(job: Job, settings: Settings) -> Atoms:
     """The reference structure with the masses of ATOMIC_SPECIES (isotopes matter)."""
-    parsed = parse_qe_input(job.request.input_text, max_bytes=settings.max_input_bytes)
+    parsed = parse_qe_input(
+        job.request.input_text, max_bytes=settings.max_input_bytes, limits=settings.input_limits
+    )
     atoms: Atoms = parsed.atoms.copy()
     standard = atoms.get_masses()
     # pw.x ignores masses in an SCF, so inputs often carry placeholders (1.0 for Cu):

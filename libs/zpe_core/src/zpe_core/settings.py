@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from zpe_core.models import RetryPolicy
+from zpe_core.namelists import InputLimits
 
 ExecutionMode = Literal["inprocess", "cloud-tasks", "http-pull"]
 AuthMode = Literal["none", "api-keys"]
@@ -55,6 +56,23 @@ class Settings(BaseSettings):
     max_mobile_atoms: int = 64
     max_artifact_bytes: int = 16 * 1024 * 1024
     list_page_max: int = 100
+    # Cost caps on one job (issue 12; see docs/security.md "Hostile inputs"): 422 with the limit.
+    max_atoms: int = Field(default=200, ge=1, description="Atoms per input (&SYSTEM nat).")
+    max_plan_positions: int = Field(
+        default=200_000, ge=1, description="Tasks x atoms of one job, checked before planning."
+    )
+    max_ecutwfc: float = Field(default=200.0, gt=0.0, description="Ry.")
+    max_ecutrho: float = Field(default=1600.0, gt=0.0, description="Ry.")
+    max_kpoints: int = Field(default=1000, ge=1, description="nk1*nk2*nk3 of K_POINTS.")
+    max_nbnd: int = Field(default=2000, ge=1)
+    max_electron_maxstep: int = Field(default=500, ge=1)
+    # rlimits of the pw.x process (0: none); see docs/security.md per deployment.
+    pw_max_memory_mb: int = Field(
+        default=16 * 1024, ge=0, description="RLIMIT_AS of pw.x (per MPI rank), MiB."
+    )
+    pw_max_file_mb: int = Field(
+        default=4 * 1024, ge=0, description="RLIMIT_FSIZE of pw.x (largest file it writes), MiB."
+    )
 
     # Pull workers (http-pull mode: compute servers behind NAT, see docs/pull-workers.md)
     admin_token: SecretStr | None = Field(
@@ -205,6 +223,17 @@ class Settings(BaseSettings):
             retry_max=self.retry_max,
             backoff_base_seconds=self.backoff_base_seconds,
             backoff_cap_seconds=self.backoff_cap_seconds,
+        )
+
+    @property
+    def input_limits(self) -> InputLimits:
+        return InputLimits(
+            max_ecutwfc=self.max_ecutwfc,
+            max_ecutrho=self.max_ecutrho,
+            max_nbnd=self.max_nbnd,
+            max_electron_maxstep=self.max_electron_maxstep,
+            max_kpoints=self.max_kpoints,
+            max_atoms=self.max_atoms,
         )
 
     @property

@@ -22,7 +22,10 @@ def get_engine(name: str, settings: Settings) -> Engine:
     if name == "mock":
         from zpe_core.engines.mock import MockEngine
 
-        return MockEngine(delay_seconds=settings.mock_delay_seconds)
+        return MockEngine(
+            delay_seconds=settings.mock_delay_seconds,
+            timeout_seconds=settings.task_timeout_seconds,
+        )
     if name == "qe":
         # Imported here so processes that never run pw.x do not load ASE's calculator stack.
         from zpe_core.engines.qe import QeEngine, WarmStartCache, default_warm_start_dir
@@ -42,6 +45,9 @@ def get_engine(name: str, settings: Settings) -> Engine:
             version=settings.qe_version,
             warm_start_cache=warm_start_cache,
             shipped_state_max_bytes=settings.warm_start_share_max_bytes,
+            limits=settings.input_limits,
+            max_memory_mb=settings.pw_max_memory_mb,
+            max_file_mb=settings.pw_max_file_mb,
         )
     raise ConfigurationError(
         f"unknown engine {name!r}; known engines: {', '.join(ENGINE_NAMES)}",

@@ -105,9 +105,12 @@ def _pair_energy(r: float, r0: float, depth: float, a: float) -> tuple[float, fl
 
 
 def mock_energy_forces(
-    symbols: list[str], positions: npt.ArrayLike
+    symbols: list[str], positions: npt.ArrayLike, *, deadline: float | None = None
 ) -> tuple[float, npt.NDArray[np.float64]]:
-    """Energy (eV) and forces (eV/Å) of the mock potential."""
+    """Energy (eV) and forces (eV/Å) of the mock potential.
+
+    O(n^2) pure Python: past ``deadline`` (``time.monotonic()``) it raises ``TimeoutError``.
+    """
     pos = np.asarray(positions, dtype=float)
     n = len(symbols)
     if pos.shape != (n, 3):
@@ -115,6 +118,8 @@ def mock_energy_forces(
     energy = 0.0
     forces = np.zeros((n, 3))
     for i in range(n):
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"stopped after {i} of {n} atoms")
         for j in range(i + 1, n):
             vec = pos[j] - pos[i]
             r = float(np.linalg.norm(vec))
@@ -156,20 +161,26 @@ class MockEngine(Engine):
 
     ``delay_seconds`` makes each task take at least that long (``ZPE_MOCK_DELAY_SECONDS``),
     so demos, load tests and chaos runs see tasks in flight; results do not change.
+    ``timeout_seconds`` (``ZPE_TASK_TIMEOUT_SECONDS``, as for pw.x) bounds a task,
+    delay included: past it the task fails with a retryable ``engine_timeout``.
     """
 
     name = "mock"
 
-    def __init__(self, delay_seconds: float = 0.0) -> None:
+    def __init__(self, delay_seconds: float = 0.0, timeout_seconds: float | None = None) -> None:
         self.delay_seconds = delay_seconds
+        self.timeout_seconds = timeout_seconds
 
     def version(self) -> str:
         return MOCK_VERSION
 
     def compute(self, spec: TaskSpec, workdir: Path) -> TaskResult:
         start = time.perf_counter()
+        deadline = None if self.timeout_seconds is None else time.monotonic() + self.timeout_seconds
         try:
-            energy, forces = mock_energy_forces(spec.symbols, spec.positions)
+            energy, forces = mock_energy_forces(spec.symbols, spec.positions, deadline=deadline)
+        except TimeoutError as exc:
+            raise self._timeout(exc) from exc
         except (ValueError, KeyError) as exc:
             raise EngineError(
                 f"mock engine cannot evaluate this geometry: {exc}",
@@ -177,6 +188,9 @@ class MockEngine(Engine):
                 code="invalid_geometry",
             ) from exc
         if self.delay_seconds > 0:
+            if deadline is not None and time.monotonic() + self.delay_seconds > deadline:
+                time.sleep(max(0.0, deadline - time.monotonic()))
+                raise self._timeout(TimeoutError("during the configured delay"))
             time.sleep(self.delay_seconds)
         return TaskResult(
             energy_ev=energy,
@@ -184,4 +198,11 @@ class MockEngine(Engine):
             engine=self.name,
             engine_version=MOCK_VERSION,
             wall_seconds=time.perf_counter() - start,
+        )
+
+    def _timeout(self, exc: TimeoutError) -> EngineError:
+        return EngineError(
+            f"the mock engine did not finish within {self.timeout_seconds:g} s ({exc})",
+            retryable=True,
+            code="engine_timeout",
         )

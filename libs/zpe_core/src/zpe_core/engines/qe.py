@@ -23,15 +23,18 @@ import hashlib
 import logging
 import os
 import re
+import resource
 import shlex
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import tempfile
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +43,10 @@ from ase import Atoms
 from ase.calculators.espresso import Espresso, EspressoProfile
 
 from zpe_core.engines.base import Engine
-from zpe_core.errors import EngineError
+from zpe_core.errors import EngineError, InputError
 from zpe_core.models import TaskResult, TaskSpec
-from zpe_core.plan import engine_owned, is_reference, pseudo_digest
+from zpe_core.namelists import InputLimits, engine_namelists, refused_spec
+from zpe_core.plan import is_reference, pseudo_digest
 
 log = logging.getLogger("zpe.engines.qe")
 
@@ -68,14 +72,52 @@ _version_cache: dict[str, str] = {}
 _version_lock = threading.Lock()
 
 
-def subprocess_env() -> dict[str, str]:
-    """The environment pw.x runs with: one OpenMP thread, and Open MPI allowed as root."""
-    env = dict(os.environ)
+#: Worker variables pw.x (and mpirun) may need; nothing else is passed on (no ZPE_*
+#: settings, store URLs, tokens or cloud credentials).
+_ENV_KEPT = ("PATH", "LD_LIBRARY_PATH")
+_ENV_KEPT_PREFIXES = ("OMPI_", "PMIX_")
+
+
+def subprocess_env(home: Path | str | None = None) -> dict[str, str]:
+    """The environment pw.x runs with: a minimal one built from scratch.
+
+    ``PATH``, ``LD_LIBRARY_PATH`` and Open MPI's ``OMPI_*`` / ``PMIX_*`` variables of
+    the worker, one OpenMP thread, ``LANG=C``, and ``HOME`` / ``TMPDIR`` in the task's
+    scratch (``home``); Open MPI is allowed to run as root.
+    """
+    env = {key: os.environ[key] for key in _ENV_KEPT if key in os.environ}
+    env.update({k: v for k, v in os.environ.items() if k.startswith(_ENV_KEPT_PREFIXES)})
+    env.setdefault("PATH", os.defpath)
     env["OMP_NUM_THREADS"] = "1"
+    env["LANG"] = env["LC_ALL"] = "C"
+    scratch = str(home) if home is not None else tempfile.gettempdir()
+    env["HOME"] = env["TMPDIR"] = scratch
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
         env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
     return env
+
+
+def resource_limits(max_memory_mb: int, max_file_mb: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that caps pw.x's address space and file size (0: no cap), or None.
+
+    It only calls ``setrlimit`` (async-signal-safe work between fork and exec).
+    """
+    limits = [
+        (res, mb * 1024 * 1024)
+        for res, mb in ((resource.RLIMIT_AS, max_memory_mb), (resource.RLIMIT_FSIZE, max_file_mb))
+        if mb > 0
+    ]
+    if not limits:
+        return None
+
+    def apply() -> None:
+        for res, value in limits:
+            _, hard = resource.getrlimit(res)
+            cap = value if hard == resource.RLIM_INFINITY else min(value, hard)
+            resource.setrlimit(res, (cap, hard))
+
+    return apply
 
 
 def _tail(text: str, lines: int = TAIL_LINES) -> str:
@@ -165,6 +207,13 @@ def classify_failure(
             code="engine_unavailable",
             output_tail=tail,
         )
+    if returncode is not None and -returncode == signal.SIGXFSZ:
+        return EngineError(
+            "pw.x was stopped for writing a file larger than ZPE_PW_MAX_FILE_MB",
+            retryable=False,
+            code="engine_resource_limit",
+            output_tail=tail,
+        )
     if returncode is not None and returncode < 0:
         return EngineError(
             f"pw.x was killed by signal {signal.Signals(-returncode).name}",
@@ -186,9 +235,16 @@ def classify_failure(
 class _TimedEspressoProfile(EspressoProfile):
     """EspressoProfile whose ``run`` adds a timeout, our environment and failure classification."""
 
-    def __init__(self, command: str, pseudo_dir: str, timeout: float) -> None:
+    def __init__(
+        self,
+        command: str,
+        pseudo_dir: str,
+        timeout: float,
+        preexec: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(command=command, pseudo_dir=pseudo_dir)  # type: ignore[no-untyped-call]
         self.timeout = timeout
+        self.preexec = preexec
 
     def run(
         self,
@@ -210,8 +266,9 @@ class _TimedEspressoProfile(EspressoProfile):
                     stdin=subprocess.DEVNULL,
                     stdout=fd_out,
                     stderr=fd_err,
-                    env=subprocess_env(),
+                    env=subprocess_env(home=directory),
                     start_new_session=True,
+                    preexec_fn=self.preexec,  # rlimits only (see resource_limits)
                 )
             except OSError as exc:
                 raise EngineError(
@@ -274,17 +331,20 @@ def _prepare_input_data(
     save: bool = False,
     warm: bool = False,
     warm_wfc: bool = False,
+    limits: InputLimits | None = None,
 ) -> dict[str, Any]:
     """The user's namelists with engine-owned keys replaced: SCF with forces, files in workdir.
 
-    ``conv_thr`` is tightened by ``SCF_CONV_THR_FACTOR``. ``save`` keeps the converged
-    density on disk (the reference of a warm-start cache); ``warm`` starts from the
-    density in ``workdir/out`` (``warm_wfc``: and from its wavefunctions).
+    Only allowlisted ``passed`` keys of the user survive, re-checked here against
+    ``limits`` (:func:`zpe_core.namelists.engine_namelists`, ``InputError`` if the spec
+    holds anything else); strings are wrapped so ASE writes them with Fortran quoting.
+    ``conv_thr`` is tightened by ``SCF_CONV_THR_FACTOR``.
+
+    ``save`` keeps the converged density on disk (the reference of a warm-start
+    cache); ``warm`` starts from the density in ``workdir/out`` (``warm_wfc``: and
+    from its wavefunctions).
     """
-    nested: dict[str, dict[str, Any]] = {}
-    for section, values in input_data.items():
-        sec = section.lower().lstrip("&")
-        nested[sec] = {key: value for key, value in values.items() if not engine_owned(sec, key)}
+    nested = engine_namelists(input_data, limits or InputLimits())
     control = nested.setdefault("control", {})
     control.update(
         {
@@ -501,6 +561,9 @@ class QeEngine(Engine):
         *,
         warm_start_cache: WarmStartCache | None = None,
         shipped_state_max_bytes: int = 64 * 1024 * 1024,
+        limits: InputLimits | None = None,
+        max_memory_mb: int = 0,
+        max_file_mb: int = 0,
     ) -> None:
         self.pw_command = pw_command
         self.pseudo_dir = pseudo_dir
@@ -508,6 +571,8 @@ class QeEngine(Engine):
         self._version = version
         self.warm_start_cache = warm_start_cache  # None: every SCF starts cold
         self.shipped_state_max_bytes = shipped_state_max_bytes
+        self.limits = limits or InputLimits()
+        self.preexec = resource_limits(max_memory_mb, max_file_mb)
 
     def version(self) -> str:
         """The configured version, else ``qe-<banner version>`` (probed once per command)."""
@@ -526,6 +591,11 @@ class QeEngine(Engine):
     def compute(self, spec: TaskSpec, workdir: Path) -> TaskResult:
         if spec.qe is None:
             raise EngineError("task has no QE settings", retryable=False, code="pwx_input_error")
+        try:
+            # Any namelist content the planner would have refused stops here (tampered spec).
+            engine_namelists(spec.qe.input_data, self.limits)
+        except InputError as exc:
+            raise refused_spec(exc) from exc
         self._check_pseudos(spec)
         workdir = Path(workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
@@ -576,6 +646,17 @@ class QeEngine(Engine):
     def _check_pseudos(self, spec: TaskSpec) -> None:
         """Refuse to compute with pseudopotential files other than the key promised."""
         assert spec.qe is not None
+        for filename in spec.qe.pseudopotentials.values():
+            try:
+                info = (Path(self.pseudo_dir) / filename).stat()
+            except OSError:
+                continue  # missing: pw.x says so (a permanent pwx_input_error)
+            if not stat.S_ISREG(info.st_mode):  # a directory fails, a FIFO blocks pw.x
+                raise EngineError(
+                    f"pseudopotential {filename} is not a regular file on this worker",
+                    retryable=False,
+                    code="bad_pseudopotential",
+                )
         for label, expected in spec.qe.pseudo_digests.items():
             name = spec.qe.pseudopotentials.get(label)
             if expected is None or name is None:
@@ -600,10 +681,12 @@ class QeEngine(Engine):
         assert spec.qe is not None
         atoms = Atoms(symbols=spec.symbols, positions=spec.positions, cell=spec.cell, pbc=spec.pbc)
         input_data = _prepare_input_data(
-            spec.qe.input_data, workdir, save=save, warm=warm, warm_wfc=warm_wfc
+            spec.qe.input_data, workdir, save=save, warm=warm, warm_wfc=warm_wfc, limits=self.limits
         )
         calc = Espresso(
-            profile=_TimedEspressoProfile(self.pw_command, self.pseudo_dir, self.timeout_seconds),
+            profile=_TimedEspressoProfile(
+                self.pw_command, self.pseudo_dir, self.timeout_seconds, self.preexec
+            ),
             input_data=input_data,
             pseudopotentials=dict(spec.qe.pseudopotentials),
             # None makes ASE write "K_POINTS gamma" (Gamma-only code path in pw.x).
