@@ -105,6 +105,10 @@ EXPECTED: dict[tuple[str, str], Row] = {
     ("POST", "/calc/zpe/compute/tasks/{task_id}/release"): WORKER_ONLY,
     ("POST", "/calc/zpe/compute/tasks/{task_id}/result"): WORKER_ONLY,
     ("POST", "/calc/zpe/compute/tasks/{task_id}/failed"): WORKER_ONLY,
+    # Warm-start densities, under the lease: the holder ships its reference's (200) and
+    # finds none shipped for the reference itself (404).
+    ("PUT", "/calc/zpe/compute/tasks/{task_id}/reference-density"): WORKER_ONLY,
+    ("GET", "/calc/zpe/compute/tasks/{task_id}/reference-density"): row(401, worker=404),
     # Operations: admin only.
     ("GET", "/calc/zpe/admin/dead-letters"): ADMIN_ONLY,
     ("POST", "/calc/zpe/admin/dead-letters/{task_id}/requeue"): ADMIN_ONLY,
@@ -234,6 +238,11 @@ def lease_ref(grant: dict[str, Any]) -> dict[str, Any]:
     return {"epoch": grant["epoch"], "lease_id": grant["lease_id"]}
 
 
+def lease_headers(grant: dict[str, Any]) -> dict[str, str]:
+    """The lease as the density routes take it (their bodies are the density itself)."""
+    return {"X-Lease-Epoch": str(grant["epoch"]), "X-Lease-Id": grant["lease_id"]}
+
+
 def matrix_settings(**overrides: Any) -> Settings:
     base: dict[str, Any] = {
         "execution_mode": "http-pull",
@@ -317,7 +326,8 @@ def world() -> Iterator[World]:
 # ---------------------------------------------------------------------- the calls
 
 #: How to call each route meaningfully: (path with real ids, JSON body or None).
-Request = tuple[str, dict[str, Any] | None]
+#: (url, JSON body) or (url, body, extra headers).
+Request = tuple[str, dict[str, Any] | None] | tuple[str, dict[str, Any] | None, dict[str, str]]
 REQUESTS: dict[tuple[str, str], Callable[[World], Request]] = {
     ("GET", "/openapi.json"): lambda w: ("/openapi.json", None),
     ("GET", "/docs"): lambda w: ("/docs", None),
@@ -408,6 +418,16 @@ REQUESTS: dict[tuple[str, str], Callable[[World], Request]] = {
         f"/calc/zpe/compute/tasks/{w.grants['failed']['task_id']}/failed",
         failure_body(w.grants["failed"], retryable=True),
     ),
+    ("PUT", "/calc/zpe/compute/tasks/{task_id}/reference-density"): lambda w: (
+        f"/calc/zpe/compute/tasks/{w.grants['heartbeat']['task_id']}/reference-density",
+        None,
+        lease_headers(w.grants["heartbeat"]),
+    ),
+    ("GET", "/calc/zpe/compute/tasks/{task_id}/reference-density"): lambda w: (
+        f"/calc/zpe/compute/tasks/{w.grants['heartbeat']['task_id']}/reference-density",
+        None,
+        lease_headers(w.grants["heartbeat"]),
+    ),
     ("GET", "/calc/zpe/admin/dead-letters"): lambda w: ("/calc/zpe/admin/dead-letters", None),
     ("POST", "/calc/zpe/admin/dead-letters/{task_id}/requeue"): lambda w: (
         f"/calc/zpe/admin/dead-letters/{w.dead_task}/requeue",
@@ -444,8 +464,9 @@ def test_access_matrix(world: World) -> None:
         # Refused callers first: they must change nothing the allowed caller then acts on.
         order = sorted(PRINCIPALS, key=lambda p: 200 <= expected[p] < 300)
         for principal in order:
-            url, body = REQUESTS[method, path](world)
-            response = client.request(method, url, json=body, headers=world.headers(principal))
+            url, body, *extra = REQUESTS[method, path](world)
+            headers = {**world.headers(principal), **(extra[0] if extra else {})}
+            response = client.request(method, url, json=body, headers=headers)
             cells += 1
             want = expected[principal]
             where = f"{method} {path} as {principal}"
@@ -474,7 +495,7 @@ def check_answer(
                 assert problem["code"].endswith("_required"), (where, problem)
             if principal == "revoked_worker" and expected["worker"] == 200:
                 assert problem["code"] == "server_revoked", (where, problem)
-        if status == 404:  # another owner's job: the answer of an absent job
+        if status == 404 and principal != "worker":  # another owner's job: as if absent
             assert problem["code"] == "not_found", (where, problem)
     # No credential ever comes back, except the one this answer hands out.
     leaked = [s for s in world.secrets if s in text]

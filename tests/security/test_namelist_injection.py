@@ -21,11 +21,12 @@ from hypothesis import strategies as st
 
 from tests.conftest import require_or_skip
 from tests.security.conftest import fake_pw, h2_input, namelist_text
-from zpe_core.engines.qe import QeEngine
+from zpe_core.engines.qe import SCF_CONV_THR_FACTOR, QeEngine
 from zpe_core.errors import EngineError, InputError
 from zpe_core.models import JobRequest, QeCalcSpec, TaskSpec
 from zpe_core.namelists import (
     NAMELIST_KEYS,
+    PW_DEFAULT_CONV_THR_RY,
     SAFE_STRING,
     InputLimits,
     KeyRule,
@@ -87,6 +88,9 @@ def _expected(workdir: Path, pseudo_dir: Path, user: dict[str, dict[str, Any]]) 
         "system": {**user.get("system", {}), "ibrav": 0, "nat": 2, "ntyp": 1},
         "electrons": dict(user.get("electrons", {})),
     }
+    # The engine owns the threshold too: every SCF converges SCF_CONV_THR_FACTOR tighter.
+    given = expected["electrons"].pop("conv_thr", PW_DEFAULT_CONV_THR_RY)
+    expected["electrons"]["conv_thr"] = float(given) * SCF_CONV_THR_FACTOR
     return {k: v for k, v in expected.items() if v}
 
 

@@ -119,7 +119,7 @@ def test_every_scf_converges_a_hundred_times_tighter_than_conv_thr(tmp_path: Pat
         assert isinstance(value, float)
         return value
 
-    assert conv({"CONV_THR": "1.0d-8"}) == pytest.approx(1e-10)
+    assert conv({"CONV_THR": 1e-8}) == pytest.approx(1e-10)
     assert conv({"conv_thr": 2e-9}) == pytest.approx(2e-11)
     assert conv({}) == pytest.approx(1e-8)  # pw.x's default 1e-6, tightened
     assert "CONV_THR" not in _prepare_input_data({"electrons": {"CONV_THR": 1e-8}}, tmp_path)

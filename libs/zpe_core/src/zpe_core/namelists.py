@@ -118,6 +118,9 @@ NAMELIST_KEYS: dict[str, dict[str, KeyRule]] = {
     },
 }
 
+#: pw.x's own ``conv_thr`` (Ry) when an input gives none.
+PW_DEFAULT_CONV_THR_RY = 1e-6
+
 #: Namelists accepted and dropped whole (a forced SCF reads neither).
 DROPPED_NAMELISTS = ("ions", "cell")
 

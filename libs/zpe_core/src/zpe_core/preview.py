@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from zpe_core.analysis import displacements, partly_frozen_molecule, partly_frozen_note
 from zpe_core.errors import InputError
 from zpe_core.models import JobRequest, hill_formula
+from zpe_core.namelists import PW_DEFAULT_CONV_THR_RY
 from zpe_core.qe_input import (
     ParsedInput,
     check_species_labels,
@@ -30,7 +31,6 @@ from zpe_core.symmetry import plan_reduction
 OVERLAP_ANGSTROM = 0.5
 #: Finite-difference forces need a tight SCF; pw.x's default conv_thr is 1e-6 Ry.
 LOOSE_CONV_THR_RY = 1e-8
-PW_DEFAULT_CONV_THR_RY = 1e-6
 #: Below this the force differences drown in SCF noise; above it anharmonicity shows.
 SMALL_DELTA_ANGSTROM = 0.005
 LARGE_DELTA_ANGSTROM = 0.03

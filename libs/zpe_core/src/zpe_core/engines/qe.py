@@ -45,7 +45,12 @@ from ase.calculators.espresso import Espresso, EspressoProfile
 from zpe_core.engines.base import Engine
 from zpe_core.errors import EngineError, InputError
 from zpe_core.models import TaskResult, TaskSpec
-from zpe_core.namelists import InputLimits, engine_namelists, refused_spec
+from zpe_core.namelists import (
+    PW_DEFAULT_CONV_THR_RY,
+    InputLimits,
+    engine_namelists,
+    refused_spec,
+)
 from zpe_core.plan import is_reference, pseudo_digest
 
 log = logging.getLogger("zpe.engines.qe")
@@ -310,18 +315,17 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 #: reference's density leave an error that leans the same way at +delta and -delta and
 #: does not cancel (issue 14; docs/benchmarks.md). 1e-2 makes warm and cold agree.
 SCF_CONV_THR_FACTOR = 1e-2
-_PW_DEFAULT_CONV_THR = 1e-6
 
 
 def _scf_conv_thr(electrons: dict[str, Any]) -> float:
     """The ``conv_thr`` pw.x is given: the task's (or pw.x's default) times the factor."""
-    value: Any = _PW_DEFAULT_CONV_THR
+    value: Any = PW_DEFAULT_CONV_THR_RY
     for key in [k for k in electrons if k.lower() == "conv_thr"]:
         value = electrons.pop(key)
     try:
         return float(str(value).lower().replace("d", "e")) * SCF_CONV_THR_FACTOR
     except ValueError:
-        return _PW_DEFAULT_CONV_THR * SCF_CONV_THR_FACTOR  # pw.x would refuse it anyway
+        return PW_DEFAULT_CONV_THR_RY * SCF_CONV_THR_FACTOR  # pw.x would refuse it anyway
 
 
 def _prepare_input_data(
