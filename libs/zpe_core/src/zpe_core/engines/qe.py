@@ -8,8 +8,9 @@ flag and the tail of pw.x's output.
 
 Warm starts (``ZPE_WARM_START``): the reference (undisplaced) task of a job
 keeps its converged ``outdir`` in a small per-machine cache keyed by its task
-key; a displaced task of the same job (``spec.reference_key``) computed on the
-same machine copies it and starts pw.x from that charge density
+id (``plan.scoped_task_id``: per owner under ``ZPE_REUSE_SCOPE=owner``); a
+displaced task of the same job (``spec.reference_key``) computed on the same
+machine copies it and starts pw.x from that charge density
 (``startingpot='file'``, plus ``startingwfc='file'`` when there is a single
 k-point, since a displacement may lower the symmetry and change the
 irreducible k-point set). A warm SCF converges to the same state within
@@ -39,7 +40,7 @@ from ase.calculators.espresso import Espresso, EspressoProfile
 from zpe_core.engines.base import Engine
 from zpe_core.errors import EngineError
 from zpe_core.models import TaskResult, TaskSpec
-from zpe_core.plan import engine_owned, pseudo_digest, task_key
+from zpe_core.plan import engine_owned, pseudo_digest, scoped_task_id
 
 log = logging.getLogger("zpe.engines.qe")
 
@@ -293,7 +294,7 @@ def default_warm_start_dir(scratch_dir: str | None) -> Path:
 
 
 class WarmStartCache:
-    """Converged outdirs of reference tasks on this machine, keyed by task key (LRU).
+    """Converged outdirs of reference tasks on this machine, keyed by task id (LRU).
 
     Entries appear by atomic rename, so a reader sees a whole entry or none; an
     entry evicted while being copied makes that copy fail, and the task starts cold.
@@ -401,7 +402,7 @@ class QeEngine(Engine):
         cache, ref = self.warm_start_cache, spec.reference_key
         if cache is None or ref is None:
             return self._compute(spec, workdir)
-        if task_key(spec) == ref:  # this is the reference point: keep its density
+        if scoped_task_id(spec) == ref:  # this is the reference point: keep its density
             result = self._compute(spec, workdir, save=True)
             cache.put(ref, workdir / "out")
             return result
