@@ -75,3 +75,24 @@ def test_file_store_refuses_a_traversing_key_even_below_the_typed_operations(
         store._create("jobs/../../outside2", b"x")
     assert not (tmp_path / "outside2").exists()
     assert store._list("../") == []
+
+
+def test_a_worker_cannot_write_an_event_record_outside_its_directory(tmp_path: Path) -> None:
+    """``POST /compute/tasks/../failed`` would record the event at ``meta/<server>-<event>``."""
+    from fastapi.testclient import TestClient
+
+    from tests.api.test_pull_api import Server, pull_settings
+    from zpe_api.main import create_app
+
+    root = tmp_path / "store"
+    with TestClient(create_app(pull_settings(store_url=f"file://{root}"))) as client:
+        server = Server(client)
+        before = sorted(p.name for p in (root / "meta").iterdir())
+        for task_id in ("%2E%2E", "%2E", ".hidden"):
+            body = {"epoch": 1, "lease_id": "x", "retryable": False, "code": "c", "reason": "r"}
+            answer = server.post(f"/tasks/{task_id}/failed", body, event_id="evt-0000001")
+            assert answer.status_code == 404, (task_id, answer.text)
+        assert sorted(p.name for p in (root / "meta").iterdir()) == before
+        assert not (root / "meta" / "events").exists() or not any(
+            (root / "meta" / "events").iterdir()
+        )
