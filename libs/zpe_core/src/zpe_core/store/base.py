@@ -388,6 +388,11 @@ class JobStore(ABC):
             if found is None or found.value.state is not TaskState.QUEUED:
                 self._delete(marker)
                 continue
+            if name < _ms(found.value.ready_at):
+                # Superseded (re-queued later, with its own newer marker): never let such
+                # hints pile up at the head of a lane.
+                self._delete(marker)
+                continue
             if accept is not None and not accept(found.value):
                 continue
             task = self.claim_task(task_id, worker_id, lease_seconds)
