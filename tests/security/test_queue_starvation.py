@@ -66,10 +66,10 @@ def client() -> Iterator[TestClient]:
 def test_a_385_task_job_nobody_can_run_does_not_block_a_normal_job(
     client: TestClient, blocker: dict[str, Any]
 ) -> None:
-    big = submit(client, many_atoms_input(64), **blocker)
+    big = submit(client, many_atoms_input(64), symmetry="off", **blocker)
     big_status = client.get(f"/calc/zpe/jobs/{big}").json()
     assert big_status["progress"]["total"] == 385
-    normal = submit(client, H2, engine="mock")
+    normal = submit(client, H2, engine="mock", symmetry="off")
     server = Server(client)  # target "default", mock engine only
 
     grant = server.lease()
@@ -91,7 +91,7 @@ def test_a_job_names_only_a_target_that_exists(client: TestClient) -> None:
 
     # A target exists while a registered compute server serves it.
     server = Server(client, name="hpc", targets=["hpc-b"])
-    job_id = submit(client, H2, engine="mock", target="hpc-b")
+    job_id = submit(client, H2, engine="mock", target="hpc-b", symmetry="off")
     assert server.run_all() == 13
     revoked = client.delete(f"/calc/zpe/compute/servers/{server.server_id}", headers=bearer(ADMIN))
     assert revoked.status_code == 200, revoked.text

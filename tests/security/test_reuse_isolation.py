@@ -56,7 +56,9 @@ def _scrub(value: Any, job_id: str) -> Any:
 
 def bobs_answers(client: TestClient, bob: dict[str, str], text: str) -> dict[str, Any]:
     """Everything B can read about the job B submits."""
-    created = client.post("/calc/zpe/jobs", json={"input_text": text}, headers=bob)
+    created = client.post(
+        "/calc/zpe/jobs", json={"input_text": text, "symmetry": "off"}, headers=bob
+    )
     assert created.status_code == 201, created.text
     job_id = created.json()["job_id"]
     client.headers.update(bob)
@@ -91,7 +93,9 @@ def test_owner_b_learns_nothing_of_owner_a_having_computed_the_same_input(
     with keyed_app() as client:
         alice = bearer(issue(client, "alice")["key"])
         bob = bearer(issue(client, "bob")["key"])
-        first = client.post("/calc/zpe/jobs", json={"input_text": H2O}, headers=alice).json()
+        first = client.post(
+            "/calc/zpe/jobs", json={"input_text": H2O, "symmetry": "off"}, headers=alice
+        ).json()
         client.headers.update(alice)
         assert wait_for(client, first["job_id"])["state"] == "done"
         del client.headers["Authorization"]
@@ -125,12 +129,14 @@ def test_a_running_or_failing_job_of_a_leaves_bs_job_untouched() -> None:
             )
             keys[owner] = bearer(issued.json()["key"])
         server = Server(client)
-        a_job = client.post("/calc/zpe/jobs", json={"input_text": H2}, headers=keys["alice"])
+        a_job = client.post(
+            "/calc/zpe/jobs", json={"input_text": H2, "symmetry": "off"}, headers=keys["alice"]
+        )
         grant = server.lease()
         assert grant is not None and grant["job_ids"] == [a_job.json()["job_id"]]
-        b_id = client.post("/calc/zpe/jobs", json={"input_text": H2}, headers=keys["bob"]).json()[
-            "job_id"
-        ]
+        b_id = client.post(
+            "/calc/zpe/jobs", json={"input_text": H2, "symmetry": "off"}, headers=keys["bob"]
+        ).json()["job_id"]
         b_tasks = client.get(f"/calc/zpe/jobs/{b_id}/tasks", headers=keys["bob"]).json()
         assert b_tasks["states"] == {"queued": 13}  # not {"leased": 1, "queued": 12}
         assert server.failed(grant, retryable=False).status_code == 200
@@ -151,7 +157,9 @@ def test_global_scope_keeps_sharing_between_owners(
         alice = bearer(issue(client, "alice")["key"])
         bob = bearer(issue(client, "bob")["key"])
         for who in (alice, bob):
-            job = client.post("/calc/zpe/jobs", json={"input_text": H2O}, headers=who).json()
+            job = client.post(
+                "/calc/zpe/jobs", json={"input_text": H2O, "symmetry": "off"}, headers=who
+            ).json()
             client.headers.update(who)
             status = wait_for(client, job["job_id"])
             del client.headers["Authorization"]
@@ -176,7 +184,7 @@ def test_default_reuse_scope_follows_the_auth_mode(overrides: dict[str, Any], ac
 def test_scoped_ids_keep_the_content_key_and_the_warm_start_reference_consistent() -> None:
     settings = Settings(store_url="memory://", default_engine="mock", allowed_engines="mock")
     service = JobService(FlakyStore(), None, settings)
-    request = JobRequest(input_text=H2)
+    request = JobRequest(input_text=H2, symmetry="off")
     _, shared = service.plan(request)
     _, mine = service.plan(request, scope=owner_scope("alice"))
     _, theirs = service.plan(request, scope=owner_scope("bob"))
@@ -199,7 +207,7 @@ def test_a_cut_submission_is_repaired_in_its_own_scope() -> None:
     service = JobService(store, None, settings)
     store.break_after("tasks/", 4)
     with pytest.raises(StoreUnavailable):
-        service.submit(JobRequest(input_text=H2), owner="alice")
+        service.submit(JobRequest(input_text=H2, symmetry="off"), owner="alice")
     store.up()
     (job_id,) = store.all_job_ids()
     service.reconcile(stale_after=0.0)
