@@ -298,10 +298,10 @@ def test_pull_servers_complete_a_job_and_are_listed(client: TestClient) -> None:
 
 
 def test_lease_honours_targets_and_engine_versions(client: TestClient) -> None:
-    job_id = submit(client, target="hpc-b")
     default = Server(client, name="default")
     old_engine = Server(client, name="old", targets=["hpc-b"], caps={"engines": {"mock": "m0"}})
     no_engine = Server(client, name="none", targets=["hpc-b"], caps={"engines": {"qe": "qe-7"}})
+    job_id = submit(client, target="hpc-b")  # a target must be served (or configured)
     for server in (default, old_engine, no_engine):
         assert server.lease() is None
     right = Server(client, name="right", targets=["hpc-b", "default"])

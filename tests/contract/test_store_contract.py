@@ -36,6 +36,7 @@ from zpe_core.models import (
     TaskState,
 )
 from zpe_core.store import JobStore, StaleLease, open_store
+from zpe_core.store.base import queue_lane
 
 BACKENDS = ["memory", "file", "redis", "gcs"]
 FAST_RETRY = RetryPolicy(retry_max=2, backoff_base_seconds=0.0, backoff_cap_seconds=0.0)
@@ -420,6 +421,36 @@ def test_release_and_requeue(store: JobStore) -> None:
     third = store.claim_next("w3", 60.0)
     assert third is not None and third.task_id == task.task_id
     assert store.requeue_task(task.task_id).state is TaskState.LEASED  # only failed/cancelled
+
+
+def test_ready_lanes_keep_unserved_work_out_of_a_workers_way(store: JobStore) -> None:
+    """More than a scan's worth of tasks nobody serves (another target, another engine
+    version) never hide a task of the lane a worker serves (issue 12, item 6)."""
+    blocked = [f"tb{i:03d}{uuid.uuid4().hex[:6]}" for i in range(205)]
+    for i, task_id in enumerate(blocked):
+        task = make_task(task_id)
+        if i % 2:
+            task.targets = ["nobody"]
+        else:
+            task.spec.engine_version = "other"
+        store.create_task(task)
+    wanted = make_task(f"tw{uuid.uuid4().hex[:8]}")
+    wanted.ready_at = 1.0  # due after every blocked task
+    wanted.targets = ["default", "gpu"]  # two jobs' targets: one marker per lane
+    store.create_task(wanted)
+    served = [queue_lane("default", "mock", "1")]
+    claimed = store.claim_next("w1", 60.0, lanes=served)
+    assert claimed is not None and claimed.task_id == wanted.task_id
+    assert store.claim_next("w1", 60.0, lanes=[queue_lane("gpu", "mock", "1")]) is None
+    assert store.claim_next("w1", 60.0, lanes=served) is None
+    assert sorted(task.task_id for task in store.queued_before(time.time(), limit=500)) == sorted(
+        blocked
+    )
+    assert set(store.ready_lanes()) >= {
+        queue_lane("nobody", "mock", "1"),
+        queue_lane("default", "mock", "other"),
+        *served,
+    }
 
 
 # ---------------------------------------------------------------------- jobs, idempotency, blobs

@@ -26,7 +26,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from zpe_core.errors import AlreadyExists, Forbidden, NotFound, SwitchedOff, Unauthorized
+from zpe_core.errors import (
+    AlreadyExists,
+    Forbidden,
+    InputError,
+    NotFound,
+    SwitchedOff,
+    Unauthorized,
+)
 from zpe_core.models import DEFAULT_TARGET, now
 from zpe_core.settings import Settings
 from zpe_core.store.base import JobStore
@@ -327,6 +334,44 @@ class ComputeRegistry:
     def list_servers(self) -> list[ComputeServer]:
         servers = self.store.read_documents(self.store.list_documents("servers/"), ComputeServer)
         return sorted(servers, key=lambda s: s.created_at)
+
+    def served_targets(self) -> set[str]:
+        """Targets that a registered compute server (not revoked, token valid) serves."""
+        t = now()
+        return {
+            target
+            for server in self.list_servers()
+            if not server.revoked and server.token_expires_at > t
+            for target in server.targets
+        }
+
+    def target_open_to(self, owner: str, target: str) -> bool:
+        """Whether ``owner`` may send jobs to ``target`` (``ZPE_TARGET_OWNERS``)."""
+        allowed = self.settings.target_owners.get(target)
+        return allowed is None or owner in allowed
+
+    def check_target(self, owner: str, target: str) -> None:
+        """Refuse a job's target unless it exists and is open to ``owner``.
+
+        It exists when ``ZPE_TARGETS`` names it or a registered server serves it. One
+        answer (422 ``target_unavailable``) for both refusals, so a target that is closed
+        to the caller cannot be told from one that does not exist.
+        """
+        if self.target_open_to(owner, target) and target in self.settings.configured_targets:
+            return  # the common case reads nothing
+        served = self.served_targets()
+        if self.target_open_to(owner, target) and target in served:
+            return
+        available = sorted(
+            t
+            for t in served | set(self.settings.configured_targets)
+            if self.target_open_to(owner, t)
+        )
+        raise InputError(
+            f"target {target!r} is not available to you: no compute server serves it, or it "
+            f"is not open to you; targets you may use: {', '.join(available) or 'none'}",
+            code="target_unavailable",
+        )
 
     def revoke(self, server_id: str, *, actor: str = "admin") -> ComputeServer:
         """Revoke a server's tokens at once (idempotent)."""

@@ -190,6 +190,11 @@ class TaskSpec(BaseModel):
         "warm-start hint for the engine (its own key on the reference itself). Not part "
         "of the task key: it changes how the SCF starts, not what it converges to.",
     )
+    reuse_scope: str | None = Field(
+        default=None,
+        description="The reuse scope the task's id was derived from (``plan.owner_scope``; "
+        "None: shared by every owner). Not part of the content key.",
+    )
 
 
 class TaskResult(BaseModel):
@@ -333,6 +338,9 @@ class Job(BaseModel):
     symmetry: JobSymmetry | None = None
     done_task_ids: list[str] = Field(default_factory=list)
     reused_task_ids: list[str] = Field(default_factory=list)
+    reuse_scope: str | None = Field(
+        default=None, description="The reuse scope of its tasks' ids (None: global)."
+    )
     error: ErrorInfo | None = None
     summary: JobSummary | None = None
     idempotency_key: str | None = None

@@ -5,6 +5,10 @@ and engine version, species, positions after displacement, cell, periodicity,
 the namelists that matter, k-points and the pseudopotential files (name and
 content digest). Two jobs that need the same point get the same key and
 share one task; a finished task is reused by any later job.
+
+With a reuse scope (``ZPE_REUSE_SCOPE=owner``) a task is stored under
+``scoped_task_id``: a hash of the scope and the content key, so jobs of
+different owners never share (or learn of) each other's tasks.
 """
 
 from __future__ import annotations
@@ -71,8 +75,12 @@ def build_plan(
     engine: str,
     engine_version: str,
     pseudo_dir: str | None,
+    reuse_scope: str | None = None,
 ) -> Plan:
-    """Every displacement point of the job, each as a task spec with its key."""
+    """Every displacement point of the job, each as a task spec with its id.
+
+    ``reuse_scope`` (``owner_scope``): the tasks are shared only with jobs of that scope.
+    """
     atoms = parsed.atoms
     symbols = list(atoms.get_chemical_symbols())
     check_species_labels(parsed)
@@ -101,10 +109,13 @@ def build_plan(
             cell=cell,
             pbc=pbc,
             qe=qe,
+            reuse_scope=reuse_scope,
         )
-        tasks.append(PlannedTask(displacement=disp, spec=spec, task_id=task_key(spec)))
+        tasks.append(PlannedTask(displacement=disp, spec=spec, task_id=scoped_task_id(spec)))
     # Every task of the job names the job's undisplaced point (the first task): a worker
-    # that computed it may start the displaced SCFs from its converged density.
+    # that computed it may start the displaced SCFs from its converged density. It is the
+    # stored (scoped) id, so a worker's cache never warm-starts one owner's task from
+    # another owner's density.
     reference_key = tasks[0].task_id
     for planned in tasks:
         planned.spec.reference_key = reference_key
@@ -128,7 +139,8 @@ def build_plan(
 
 def is_reference(spec: TaskSpec) -> bool:
     """Whether ``spec`` is its job's undisplaced point, the source of warm starts."""
-    return spec.reference_key is not None and task_key(spec) == spec.reference_key
+    # The reference key is the job's stored (owner-scoped) task id of its first point.
+    return spec.reference_key is not None and scoped_task_id(spec) == spec.reference_key
 
 
 def task_key(spec: TaskSpec) -> str:
@@ -165,6 +177,20 @@ def task_key(spec: TaskSpec) -> str:
         }
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), default=str)
     return "t" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def owner_scope(owner: str) -> str:
+    """The reuse scope of one owner's tasks (a digest: specs travel to workers)."""
+    return "owner-" + hashlib.sha256(f"zpe-reuse\n{owner}".encode()).hexdigest()[:32]
+
+
+def scoped_task_id(spec: TaskSpec) -> str:
+    """The id a task is stored under: its content key (``task_key``) when it is shared
+    by every owner, else a hash of its reuse scope and its content key."""
+    key = task_key(spec)
+    if spec.reuse_scope is None:
+        return key
+    return "t" + hashlib.sha256(f"{spec.reuse_scope}\n{key}".encode()).hexdigest()
 
 
 def pseudo_digest(pseudo_dir: str | None, filename: str) -> str | None:

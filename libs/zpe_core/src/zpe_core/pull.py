@@ -51,7 +51,7 @@ from zpe_core.models import (
 )
 from zpe_core.plan import is_reference
 from zpe_core.service import JobService
-from zpe_core.store.base import StaleLease
+from zpe_core.store.base import StaleLease, queue_lane
 
 log = logging.getLogger("zpe.pull")
 
@@ -83,6 +83,15 @@ def server_matches(server: ComputeServer, task: Task) -> bool:
         return False
     version = server.capabilities.engines.get(task.spec.engine)
     return version is not None and version == task.spec.engine_version
+
+
+def server_lanes(server: ComputeServer) -> list[str]:
+    """The ready-queue lanes ``server`` serves: each of its targets x each engine version."""
+    return [
+        queue_lane(target, engine, version)
+        for target in server.targets
+        for engine, version in server.capabilities.engines.items()
+    ]
 
 
 def validate_result(task: Task, result: TaskResult) -> None:
@@ -118,10 +127,14 @@ class PullCoordinator:
         """One due task the server matches, leased to it; ``None`` if none (or draining)."""
         if not self.registry.switches().dequeue_enabled:
             return None
+        lanes = server_lanes(server)
+        if not lanes:
+            return None
         for _ in range(20):  # tasks abandoned on the way do not count
             task = self.store.claim_next(
                 server.server_id,
                 self.settings.lease_seconds,
+                lanes=lanes,
                 accept=lambda t: server_matches(server, t),
             )
             if task is None:

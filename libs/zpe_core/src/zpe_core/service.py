@@ -20,6 +20,7 @@ from ase import Atoms
 from zpe_core import metrics
 from zpe_core.analysis import Displacement, analyze, displaced_positions, displacements
 from zpe_core.artifacts import ARTIFACT_NAMES, build_artifacts
+from zpe_core.compute_servers import ComputeRegistry
 from zpe_core.dispatch.base import DispatchError, JobDispatcher
 from zpe_core.engines.base import MOCK_VERSION
 from zpe_core.errors import (
@@ -55,7 +56,9 @@ from zpe_core.plan import (
     check_plan_cost,
     is_reference,
     new_job_id,
+    owner_scope,
     request_fingerprint,
+    scoped_task_id,
     task_key,
 )
 from zpe_core.qe_input import parse_qe_input, select_mobile
@@ -107,8 +110,12 @@ class JobService:
                 self._engine_versions[engine] = get_engine(engine, self.settings).version()
         return self._engine_versions[engine]
 
-    def plan(self, request: JobRequest) -> tuple[str, Plan]:
-        """Validate a request and build its plan (no store access)."""
+    def reuse_scope(self, owner: str) -> str | None:
+        """The scope in which ``owner``'s jobs share tasks (None: with every owner)."""
+        return None if self.settings.reuse_across_owners else owner_scope(owner)
+
+    def plan(self, request: JobRequest, *, scope: str | None = None) -> tuple[str, Plan]:
+        """Validate a request and build its plan, its tasks in reuse ``scope`` (no store)."""
         engine = request.engine or self.settings.default_engine
         if engine not in self.settings.engines:
             raise InputError(
@@ -133,6 +140,7 @@ class JobService:
             engine=engine,
             engine_version=self.engine_version(engine),
             pseudo_dir=self.settings.pseudo_dir if engine == "qe" else None,
+            reuse_scope=scope,
         )
         return engine, plan
 
@@ -145,7 +153,11 @@ class JobService:
         first job (``created=False``); the same key with another payload is a
         ``StateConflict``. Invalid input raises ``InputError`` and stores nothing.
         """
-        engine, plan = self.plan(request)
+        scope = self.reuse_scope(owner)
+        engine, plan = self.plan(request, scope=scope)
+        ComputeRegistry(self.store, self.settings).check_target(
+            owner, request.target or DEFAULT_TARGET
+        )
         computed, symmetry = select_points(plan, request.symmetry)
         fingerprint = request_fingerprint(request)
         job_id = new_job_id()
@@ -164,7 +176,9 @@ class JobService:
                     if not found.value.state.terminal:
                         # The first request may have been cut (store outage, crash) after
                         # creating the job but before creating all its tasks: finish it.
-                        self._attach(found.value, plan, repair=True)
+                        self._attach(
+                            found.value, self._plan_in_scope(found.value, plan), repair=True
+                        )
                     return found.value, False
                 # The first request bound the key but was cut before creating its job:
                 # create it under the bound id (create never overwrites, so a first
@@ -180,6 +194,7 @@ class JobService:
             symmetry=symmetry,
             fingerprint=fingerprint,
             idempotency_key=idempotency_key,
+            reuse_scope=scope,
         )
         try:
             self.store.create_job(job)
@@ -189,7 +204,7 @@ class JobService:
             # The first request created it meanwhile: finish and answer it like a repeat.
             raced = self.store.get_job(job_id)
             assert raced is not None
-            self._attach(raced.value, plan, repair=True)
+            self._attach(raced.value, self._plan_in_scope(raced.value, plan), repair=True)
             return raced.value, False
         except StoreUnavailable:
             # Keep the key bound: the write may have happened with its answer lost, and a
@@ -204,6 +219,12 @@ class JobService:
         found = self.store.get_job(job_id)
         assert found is not None
         return found.value, True
+
+    def _plan_in_scope(self, job: Job, plan: Plan) -> Plan:
+        """``plan``, or the job's own if it was created under another reuse scope."""
+        if plan.tasks and plan.tasks[0].spec.reuse_scope == job.reuse_scope:
+            return plan
+        return self.plan(job.request, scope=job.reuse_scope)[1]
 
     def _attach(self, job: Job, plan: Plan, *, repair: bool = False) -> None:
         """Create or subscribe to the job's tasks, count reused ones, dispatch the rest.
@@ -227,7 +248,7 @@ class JobService:
                 reused.append(task.task_id)
             elif needs_dispatch:
                 if repair and task.state is TaskState.QUEUED:
-                    self.store.mark_ready(task.task_id, task.ready_at)
+                    self.store.mark_ready(task)
                 to_dispatch.append(task)
         if reused:
             # One compare-and-swap for every reused task (a resubmitted job: one write).
@@ -268,6 +289,8 @@ class JobService:
         def change(task: Task) -> Task | None:
             revived.clear()  # a lost compare-and-swap retries this function
             foreign = not _same_computation(task.spec, planned.spec)
+            if target not in task.targets and task.state is TaskState.QUEUED:
+                revived.append(True)  # it now waits in this target's lane too: mark it there
             if (
                 not foreign
                 and job_id in task.subscribers
@@ -305,7 +328,7 @@ class JobService:
 
         task = self.store.mutate_task(planned.task_id, change).value
         if revived:
-            self.store.mark_ready(task.task_id, task.ready_at)
+            self.store.mark_ready(task)
         # Queued or leased tasks are already dispatched; re-dispatching is harmless
         # and covers a dispatch lost before a crash.
         return task, task.state is TaskState.QUEUED
@@ -672,7 +695,7 @@ class JobService:
                 reference.value.spec.positions, _displacement(d), job.request.delta
             )
             spec = reference.value.spec.model_copy(update={"positions": positions.tolist()})
-            if task_key(spec) != d.task_id:
+            if scoped_task_id(spec) != d.task_id:
                 self.fail_job(
                     job.job_id,
                     ErrorInfo(
@@ -769,7 +792,7 @@ class JobService:
                     queued.add(task_id)
                     last = max(task.ready_at, self._last_dispatch.get(task_id, 0.0))
                     if t - last >= stale_after:
-                        self.store.mark_ready(task_id, task.ready_at)
+                        self.store.mark_ready(task)
                         pending[task_id] = task
             refreshed = self.store.get_job(job_id)
             if (
@@ -796,7 +819,7 @@ class JobService:
     def _repair_tasks(self, job: Job) -> None:
         """Create the tasks of a job whose submission was cut by an outage or a crash."""
         try:
-            _, plan = self.plan(job.request)
+            _, plan = self.plan(job.request, scope=job.reuse_scope)
         except ZpeError as exc:
             self.fail_job(job.job_id, ErrorInfo.from_exc(exc))
             return

@@ -10,11 +10,12 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from zpe_core.models import RetryPolicy
+from zpe_core.models import DEFAULT_TARGET, RetryPolicy
 from zpe_core.namelists import InputLimits
 
 ExecutionMode = Literal["inprocess", "cloud-tasks", "http-pull"]
 AuthMode = Literal["none", "api-keys"]
+ReuseScope = Literal["owner", "global"]
 
 
 def _default_store_url() -> str:
@@ -216,6 +217,35 @@ class Settings(BaseSettings):
         description="The API's ingress as deployed (Cloud Run); the trusted identity header "
         "is refused unless it is internal or internal-and-cloud-load-balancing.",
     )
+
+    # Isolation between users (issue 12; see docs/security.md)
+    reuse_scope: ReuseScope | None = Field(
+        default=None,
+        description="'owner': finished tasks are reused only by jobs of the same owner; "
+        "'global': by every job. Unset: 'owner' when users authenticate (ZPE_AUTH_MODE "
+        "other than none, or a trusted identity header), else 'global'.",
+    )
+    targets: str = Field(
+        default=DEFAULT_TARGET,
+        description="Pull targets jobs may name even while no registered compute server "
+        "serves them (comma-separated); any other target must be served by one.",
+    )
+    target_owners: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Targets open only to some owners, as JSON: {"gpu": ["alice"]}. '
+        "Targets not listed are open to every owner.",
+    )
+
+    @property
+    def reuse_across_owners(self) -> bool:
+        """Whether one owner's job may reuse tasks another owner's job computed."""
+        if self.reuse_scope is not None:
+            return self.reuse_scope == "global"
+        return self.auth_mode == "none" and not self.trusted_identity_header
+
+    @property
+    def configured_targets(self) -> list[str]:
+        return [name.strip() for name in self.targets.split(",") if name.strip()]
 
     @property
     def retry_policy(self) -> RetryPolicy:

@@ -362,7 +362,7 @@ class CloudTasksDispatcher(JobDispatcher):
                 "task delivery lost", extra={"task_id": task.task_id, "state": task.state.value}
             )
             if task.state is TaskState.QUEUED:
-                store.mark_ready(task.task_id, task.ready_at)
+                store.mark_ready(task)
                 redispatch.append(task)
             else:
                 service.task_failed(task)

@@ -8,8 +8,9 @@ flag and the tail of pw.x's output.
 
 Warm starts (``ZPE_WARM_START``): the reference (undisplaced) task of a job
 keeps its converged ``outdir`` in a small per-machine cache keyed by its task
-key; a displaced task of the same job (``spec.reference_key``) computed on the
-same machine copies it and starts pw.x from that charge density
+id (``plan.scoped_task_id``: per owner under ``ZPE_REUSE_SCOPE=owner``); a
+displaced task of the same job (``spec.reference_key``) computed on the same
+machine copies it and starts pw.x from that charge density
 (``startingpot='file'``, plus ``startingwfc='file'`` when there is a single
 k-point, since a displacement may lower the symmetry and change the
 irreducible k-point set). A warm SCF converges to the same state within
@@ -458,7 +459,7 @@ def unpack_outdir(blob: bytes, dest: Path, max_bytes: int) -> None:
 
 
 class WarmStartCache:
-    """Converged outdirs of reference tasks on this machine, keyed by task key (LRU).
+    """Converged outdirs of reference tasks on this machine, keyed by task id (LRU).
 
     Entries appear by atomic rename, so a reader sees a whole entry or none; an
     entry evicted while being copied makes that copy fail, and the task starts cold.

@@ -23,12 +23,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import random
+import re
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -44,6 +46,7 @@ from zpe_core.errors import (
 )
 from zpe_core.metrics import count_store_error
 from zpe_core.models import (
+    DEFAULT_TARGET,
     AttemptRecord,
     ErrorInfo,
     Job,
@@ -72,8 +75,34 @@ def _owner_key(owner: str) -> str:
     return hashlib.sha256(owner.encode()).hexdigest()[:32]
 
 
+_MS_DIGITS = 15
+_LANE_DIGEST = 16
+
+
 def _ms(t: float) -> str:
-    return f"{int(t * 1000):015d}"
+    return f"{int(t * 1000):0{_MS_DIGITS}d}"
+
+
+def queue_lane(target: str, engine: str, engine_version: str) -> str:
+    """The ready-queue lane of tasks for ``target`` run by ``engine`` at ``engine_version``.
+
+    ``<target>/<digest of engine and version>``: a worker serves a lane exactly when it
+    serves the target and has that engine version, so every marker in a lane it serves
+    is one it can run (or a stale hint, removed when seen).
+    """
+    digest = hashlib.sha256(f"{engine}\n{engine_version}".encode()).hexdigest()
+    return f"{target}/{digest[:_LANE_DIGEST]}"
+
+
+def task_lanes(task: Task) -> list[str]:
+    """The lanes a queued task waits in: one per target of its jobs."""
+    targets = task.targets or [DEFAULT_TARGET]
+    spec = task.spec
+    return [
+        queue_lane(target, spec.engine, spec.engine_version)
+        for target in dict.fromkeys(targets)
+        if _safe_id(target)
+    ]
 
 
 class JobStore(ABC):
@@ -92,6 +121,7 @@ class JobStore(ABC):
 
     def __init__(self, *, max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES):
         self.max_artifact_bytes = max_artifact_bytes
+        self._known_lanes: set[str] = set()  # lanes this process indexed (one write each)
 
     # ------------------------------------------------------------------ primitives
 
@@ -144,6 +174,7 @@ class JobStore(ABC):
         ``change`` receives a private copy and returns the new record, or ``None``
         to leave the record as it is. It may raise to abort; nothing is written.
         """
+        _require_safe_key(key)
         for attempt in range(_CAS_ATTEMPTS):
             current = self._get_model(key, model)
             if current is None:
@@ -234,7 +265,7 @@ class JobStore(ABC):
         """Create a task (raises ``AlreadyExists`` if its content key is known)."""
         rev = self._create(f"tasks/{task.task_id}", task.model_dump_json().encode())
         if task.state is TaskState.QUEUED:
-            self.mark_ready(task.task_id, task.ready_at)
+            self.mark_ready(task)
         return Versioned(task, rev)
 
     def get_task(self, task_id: str) -> Versioned[Task] | None:
@@ -250,10 +281,48 @@ class JobStore(ABC):
 
     # ------------------------------------------------------------------ ready queue and leases
 
-    def mark_ready(self, task_id: str, ready_at: float) -> None:
-        """Put a queue marker for a task. Markers are hints; the task record decides."""
+    def mark_ready(self, task: Task) -> None:
+        """Put a queue marker for a task in each lane it is wanted in (its targets).
+
+        Markers are hints; the task record decides.
+        """
+        for lane in task_lanes(task):
+            self._register_lane(lane)
+            with contextlib.suppress(AlreadyExists):
+                self._create(f"queue/{lane}/{_ms(task.ready_at)}-{task.task_id}", b"")
+
+    def _register_lane(self, lane: str) -> None:
+        """Index a lane (``lanes/<engine digest>-<target>``) once, for scans of every lane."""
+        if lane in self._known_lanes:
+            return
+        target, digest = lane.split("/")
         with contextlib.suppress(AlreadyExists):
-            self._create(f"queue/{_ms(ready_at)}-{task_id}", b"")
+            self._create(f"lanes/{digest}-{target}", b"")
+        self._known_lanes.add(lane)
+
+    def ready_lanes(self) -> list[str]:
+        """Every lane that ever held a ready marker."""
+        lanes = []
+        for key in self._iter_keys("lanes/"):
+            name = key[len("lanes/") :]
+            lanes.append(f"{name[_LANE_DIGEST + 1 :]}/{name[:_LANE_DIGEST]}")
+        return lanes
+
+    def _due_markers(self, lane: str, before: float) -> Iterator[tuple[str, str]]:
+        """``(marker name, key)`` of the markers of ``lane`` due by ``before``, oldest first."""
+        prefix = f"queue/{lane}/"
+        horizon = f"{_ms(before)}~"
+        start: str | None = None
+        while True:
+            page = self._list(prefix, start_after=start, limit=200)
+            for key in page:
+                name = key[len(prefix) :]
+                if name > horizon:
+                    return
+                yield name, key
+            if len(page) < 200:
+                return
+            start = page[-1]
 
     def claim_task(
         self, task_id: str, worker_id: str, lease_seconds: float, *, ignore_ready_at: bool = False
@@ -298,17 +367,30 @@ class JobStore(ABC):
         worker_id: str,
         lease_seconds: float,
         *,
+        lanes: Iterable[str] | None = None,
         accept: Callable[[Task], bool] | None = None,
         scan_limit: int = 200,
     ) -> Task | None:
-        """Lease the earliest due queued task that ``accept`` allows, or ``None``."""
-        horizon = f"queue/{_ms(now())}~"
-        for marker in self._list("queue/", limit=scan_limit):
-            if marker > horizon:
-                break
-            task_id = marker.rsplit("-", 1)[-1]
+        """Lease the earliest due queued task of ``lanes`` that ``accept`` allows, or ``None``.
+
+        ``lanes`` (see ``queue_lane``) are the ones the worker serves; ``None``: every lane.
+        A worker looks only at its own lanes, so tasks that no worker of a lane can run
+        (another target, another engine version) never stand in front of its work.
+        """
+        chosen = self.ready_lanes() if lanes is None else list(dict.fromkeys(lanes))
+        t = now()
+        heads: list[tuple[str, str]] = []
+        for lane in chosen:
+            heads.extend(itertools.islice(self._due_markers(lane, t), scan_limit))
+        for name, marker in sorted(heads):
+            task_id = name[_MS_DIGITS + 1 :]
             found = self.get_task(task_id)
             if found is None or found.value.state is not TaskState.QUEUED:
+                self._delete(marker)
+                continue
+            if name < _ms(found.value.ready_at):
+                # Superseded (re-queued later, with its own newer marker): never let such
+                # hints pile up at the head of a lane.
                 self._delete(marker)
                 continue
             if accept is not None and not accept(found.value):
@@ -322,29 +404,28 @@ class JobStore(ABC):
     def queued_before(self, before: float, *, limit: int = 500) -> list[Task]:
         """Queued tasks that were due before ``before``, oldest first (for reconcilers).
 
-        Walks the ready markers and removes, on the way, those of tasks that are
-        no longer queued or were re-queued since (markers are hints).
+        Walks the ready markers of every lane and removes, on the way, those of tasks
+        that are no longer queued or were re-queued since (markers are hints).
         """
-        horizon = f"queue/{_ms(before)}~"
-        out: list[Task] = []
-        start: str | None = None
-        while len(out) < limit:
-            page = self._list("queue/", start_after=start, limit=200)
-            for marker in page:
-                if marker > horizon or len(out) >= limit:
-                    return out
-                task_id = marker.rsplit("-", 1)[-1]
+        found_tasks: dict[str, Task] = {}
+        for lane in self.ready_lanes():
+            seen = 0
+            for name, marker in self._due_markers(lane, before):
+                task_id = name[_MS_DIGITS + 1 :]
+                if task_id in found_tasks:
+                    continue
                 found = self.get_task(task_id)
                 if found is None or found.value.state is not TaskState.QUEUED:
                     self._delete(marker)
-                elif marker < f"queue/{_ms(found.value.ready_at)}":
+                elif name < _ms(found.value.ready_at):
                     self._delete(marker)  # superseded: a newer marker exists
                 elif found.value.ready_at < before:
-                    out.append(found.value)
-            if len(page) < 200:
-                return out
-            start = page[-1]
-        return out
+                    found_tasks[task_id] = found.value
+                    seen += 1
+                    if seen >= limit:
+                        break
+        ordered = sorted(found_tasks.values(), key=lambda task: (task.ready_at, task.task_id))
+        return ordered[:limit]
 
     def heartbeat(self, task_id: str, epoch: int, lease_seconds: float) -> Task:
         """Extend a live lease; raises ``StaleLease`` if ``epoch`` is not current."""
@@ -418,7 +499,7 @@ class JobStore(ABC):
         task = self.mutate_task(task_id, change).value
         self._delete(f"leases/{task_id}")
         if task.state is TaskState.QUEUED:
-            self.mark_ready(task_id, task.ready_at)
+            self.mark_ready(task)
         return task
 
     def release_task(self, task_id: str, epoch: int) -> Task:
@@ -434,7 +515,7 @@ class JobStore(ABC):
 
         task = self.mutate_task(task_id, change).value
         self._delete(f"leases/{task_id}")
-        self.mark_ready(task_id, task.ready_at)
+        self.mark_ready(task)
         return task
 
     def expire_leases(self, policy: RetryPolicy) -> list[Task]:
@@ -486,7 +567,7 @@ class JobStore(ABC):
             if moved:
                 self._delete(marker)
                 if task.state is TaskState.QUEUED:
-                    self.mark_ready(task_id, task.ready_at)
+                    self.mark_ready(task)
                 changed.append(task)
         return changed
 
@@ -505,7 +586,7 @@ class JobStore(ABC):
 
         task = self.mutate_task(task_id, change).value
         if task.state is TaskState.QUEUED:
-            self.mark_ready(task_id, task.ready_at)
+            self.mark_ready(task)
         return task
 
     def dead_letters(self) -> list[Task]:
@@ -520,6 +601,7 @@ class JobStore(ABC):
     # ------------------------------------------------------------------ artifacts
 
     def put_artifact(self, job_id: str, name: str, data: bytes) -> None:
+        _require_safe_key(f"artifacts/{job_id}/{name}")
         if len(data) > self.max_artifact_bytes:
             raise ArtifactTooLarge(
                 f"artifact {name!r} is {len(data)} bytes; the store accepts at most "
@@ -580,10 +662,13 @@ class JobStore(ABC):
         For everything that is not a job or a task: worker servers, token hashes,
         operations switches, audit entries.
         """
+        _require_safe_key(f"meta/{key}")
         rev = self._create(f"meta/{key}", document.model_dump_json().encode())
         return Versioned(document, rev)
 
     def get_document(self, key: str, model: type[M]) -> Versioned[M] | None:
+        if not _safe_key(key):
+            return None
         return self._get_model(f"meta/{key}", model)
 
     def mutate_document(
@@ -593,10 +678,13 @@ class JobStore(ABC):
         return self._mutate(f"meta/{key}", model, change)
 
     def delete_document(self, key: str) -> None:
-        self._delete(f"meta/{key}")
+        if _safe_key(key):
+            self._delete(f"meta/{key}")
 
     def list_documents(self, prefix: str) -> list[str]:
         """Keys (without ``meta/``) of the documents under ``meta/<prefix>``."""
+        if not _safe_key(prefix, prefix=True):
+            return []
         return [key[len("meta/") :] for key in self._iter_keys(f"meta/{prefix}")]
 
     def read_documents(self, keys: Iterable[str], model: type[M]) -> list[M]:
@@ -638,8 +726,33 @@ def _counting_store_errors(operation: str, method: Callable[..., Any]) -> Callab
     return wrapper
 
 
+#: One path segment of a store key: ASCII letters, digits and ``._-``, not starting
+#: with a dot (so never ``.``, ``..`` or a hidden name), at most 200 characters.
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+
+
 def _safe_id(value: str) -> bool:
-    return bool(value) and len(value) <= 200 and all(c.isalnum() or c in "._-" for c in value)
+    """Whether ``value`` can be one segment of a key (it names no other directory)."""
+    return _SAFE_ID.fullmatch(value) is not None
+
+
+def _safe_key(key: str, *, prefix: bool = False) -> bool:
+    """Whether every ``/``-separated segment of ``key`` is a safe id.
+
+    With ``prefix``, the last segment may also be empty or partial (``queue/``, ``queue/00``).
+    """
+    parts = key.split("/")
+    if prefix:
+        last = parts.pop()
+        if last and not _safe_id(last):
+            return False
+    return all(_safe_id(part) for part in parts)
+
+
+def _require_safe_key(key: str) -> None:
+    """Refuse a key with a path-like segment: it names no record (``NotFound``)."""
+    if not _safe_key(key):
+        raise NotFound(f"no record {key!r}: ids are letters, digits and ._- (no leading dot)")
 
 
 def _require_lease(task: Task, epoch: int) -> None:

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from zpe_core.errors import AlreadyExists, StoreConflict, StoreUnavailable
-from zpe_core.store.base import JobStore
+from zpe_core.store.base import JobStore, _require_safe_key, _safe_key
 
 
 class FileJobStore(JobStore):
@@ -37,6 +37,9 @@ class FileJobStore(JobStore):
     # ------------------------------------------------------------------ plumbing
 
     def _path(self, key: str) -> Path:
+        # Keys are paths here: a ``..`` or ``.`` segment would leave the record's
+        # directory (or the root), whatever the typed operations checked.
+        _require_safe_key(key)
         return self.root / key
 
     @contextmanager
@@ -87,6 +90,8 @@ class FileJobStore(JobStore):
             return rev
 
     def _read(self, key: str) -> tuple[bytes, int] | None:
+        if not _safe_key(key):
+            return None
         return self._read_path(self._path(key))
 
     def _swap(self, key: str, value: bytes, expected_rev: int) -> int:
@@ -100,6 +105,8 @@ class FileJobStore(JobStore):
             return rev
 
     def _delete(self, key: str) -> None:
+        if not _safe_key(key):
+            return
         with self._locked(key):
             try:
                 self._path(key).unlink()
@@ -109,6 +116,8 @@ class FileJobStore(JobStore):
                 raise StoreUnavailable(f"file store delete failed: {exc}") from exc
 
     def _list(self, prefix: str, *, start_after: str | None = None, limit: int = 1000) -> list[str]:
+        if not _safe_key(prefix, prefix=True):
+            return []
         directory, _, name_prefix = prefix.rpartition("/")
         base = self.root / directory if directory else self.root
         try:
@@ -132,6 +141,8 @@ class FileJobStore(JobStore):
         self._write_atomic(self._path(key), data)
 
     def _get_blob(self, key: str) -> bytes | None:
+        if not _safe_key(key):
+            return None
         try:
             return self._path(key).read_bytes()
         except FileNotFoundError:
