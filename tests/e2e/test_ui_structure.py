@@ -244,3 +244,28 @@ def test_compare_two_finished_jobs(page: Page, api_url: str) -> None:
     assert f"{zpes[0]:.4f}" in text and f"{zpes[1]:.4f}" in text
     diff_mev = (zpes[1] - zpes[0]) * 1000
     assert f"{abs(diff_mev):.1f}" in text
+
+
+def test_a_mode_animates_on_the_job_page(page: Page, api_url: str) -> None:
+    created = httpx.post(
+        f"{api_url}/calc/zpe/jobs",
+        json={"input_text": (SAMPLES / "h2o_zpe.in").read_text(), "engine": "mock"},
+    ).json()
+    page.goto(f"/jobs/{created['job_id']}")
+    page.locator("#result").wait_for(state="visible")
+    canvas = page.locator("#mode-view")
+    canvas.wait_for(state="visible")
+    still = [canvas.evaluate("c => c.toDataURL()") for _ in range(2)]
+    assert still[0] == still[1], "the structure moves before a mode is chosen"
+    counted = page.locator("#modes-table tr.counted").first
+    counted.click()
+    assert "playing" in (counted.get_attribute("class") or "")
+    frames = []
+    for _ in range(4):
+        page.wait_for_timeout(180)
+        frames.append(canvas.evaluate("c => c.toDataURL()"))
+    assert len(set(frames)) > 1, "the picture does not change while the mode plays"
+    assert page.evaluate("document.getElementById('mode-view').zpeViewer.animating")
+    assert "cm⁻¹" in page.inner_text("#mode-caption")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui-mode-animating.png"), full_page=True)

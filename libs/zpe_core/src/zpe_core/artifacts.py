@@ -206,6 +206,9 @@ def build_result(
         "thermochemistry": None if thermo is None else thermo.to_dict(),
         "partly_frozen": partly_frozen,
         "warnings": _warnings(vib, thermo, partly_frozen),
+        # The reference geometry (Angstrom), so a page or notebook can draw the modes.
+        "positions": None if atoms is None else atoms.positions.tolist(),
+        "cell": None if atoms is None else atoms.cell.array.tolist(),
     }
 
 

@@ -243,6 +243,7 @@
       })
     );
     drawSpectrum(r.modes, rigid);
+    setUpModeViewer(r);
     const files = `${Z.API}${base}/files?kind=`;
     $("download-summary").href = `${files}summary`;
     $("download-csv").href = `${files}freqs`;
@@ -424,6 +425,48 @@
     }
     plot.setAttribute("viewBox", `0 0 ${W} ${H}`);
     plot.replaceChildren(...parts);
+  }
+
+  /** The structure on a canvas; a click on a frequency row animates that mode. */
+  function setUpModeViewer(r) {
+    const canvas = $("mode-view");
+    const usable = Array.isArray(r.positions) && r.modes.some((m) => Array.isArray(m.displacement));
+    canvas.closest("figure").hidden = !usable;
+    if (!usable) return;
+    const fixedSet = new Set(r.fixed_indices || []);
+    const viewer = new Z.StructureViewer(canvas);
+    viewer.setStructure(
+      r.symbols.map((element, i) => ({ element, position: r.positions[i], fixed: fixedSet.has(i) })),
+      r.cell
+    );
+    viewer.setMobile(r.mobile_indices);
+    const rows = $("modes-table").querySelectorAll("tbody tr");
+    r.modes.forEach((m, k) => {
+      const row = rows[k];
+      if (!row || !Array.isArray(m.displacement)) return;
+      row.classList.add("animatable");
+      row.tabIndex = 0;
+      row.title = "Animate this mode";
+      const play = () => {
+        // The mode moves the mobile atoms only; every other atom stays put.
+        const vectors = r.symbols.map(() => [0, 0, 0]);
+        r.mobile_indices.forEach((atom, j) => {
+          vectors[atom] = m.displacement[j];
+        });
+        for (const other of rows) other.classList.remove("playing");
+        row.classList.add("playing");
+        viewer.animate(vectors);
+        $("mode-caption").textContent = `Mode ${m.index}: ${Z.wavenumber(m)} cm⁻¹` +
+          (m.imaginary ? " (imaginary: the motion that lowers the energy)" : "") + ".";
+      };
+      row.addEventListener("click", play);
+      row.addEventListener("keydown", (event) => {
+        if (event.key === "Enter" || event.key === " ") {
+          event.preventDefault();
+          play();
+        }
+      });
+    });
   }
 
   cancelButton.addEventListener("click", async () => {
