@@ -269,3 +269,23 @@ def test_a_mode_animates_on_the_job_page(page: Page, api_url: str) -> None:
     assert "cm⁻¹" in page.inner_text("#mode-caption")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "ui-mode-animating.png"), full_page=True)
+
+
+def test_a_too_large_paste_says_its_size_in_mb(page: Page) -> None:
+    page.goto("/")
+    page.wait_for_function("() => document.getElementById('engine').options.length > 0")
+    big = H2 + "! padding\n" * 120_000  # about 1.2 MB, over the 1 MiB default
+    # As a paste does: one input event with the whole text (fill() types it slowly).
+    page.evaluate(
+        """(text) => {
+          const area = document.getElementById('input-text');
+          area.value = text;
+          area.dispatchEvent(new Event('input', { bubbles: true }));
+        }""",
+        big,
+    )
+    error = page.locator("#parse-error")
+    error.wait_for(state="visible")
+    assert "MB" in error.inner_text() and "1.0 MB" in error.inner_text()
+    assert "bytes" not in error.inner_text()
+    assert page.is_disabled("#submit-button")

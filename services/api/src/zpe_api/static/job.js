@@ -128,6 +128,13 @@
     }
   }
 
+  const EV_TO_KCALMOL = Z.EV_TO_KJMOL / 4.184;
+
+  /** The first non-empty line of a message (the rest goes behind a disclosure). */
+  function firstLine(text) {
+    return (text || "").split("\n").find((line) => line.trim()) || "";
+  }
+
   // A leased task is one a worker is computing: say so in the words of the page.
   const STATE_NAMES = { leased: "running" };
 
@@ -159,8 +166,13 @@
     $("created").textContent = Z.localTime(s.created_at);
     cancelButton.hidden = Z.TERMINAL.includes(s.state);
     if (s.error) {
-      const detail = s.error.detail ? ` ${s.error.detail}` : "";
-      showError(jobError, `${s.error.message}${detail} (code: ${s.error.code}, source: ${s.error.source})`);
+      // The message first, in one line; the engine's output tail behind a disclosure.
+      showError(jobError, `${firstLine(s.error.message)} (code: ${s.error.code}, source: ${s.error.source})`);
+      const rest = [s.error.message.includes("\n") ? s.error.message : "", s.error.detail || ""]
+        .filter(Boolean)
+        .join("\n");
+      $("error-detail").hidden = !rest;
+      $("error-detail-text").textContent = rest;
     }
     tick();
   }
@@ -192,9 +204,11 @@
   }
 
   function renderResult(r) {
-    $("zpe-ev").textContent = fixed(r.zpe_ev, 6);
+    // Four decimals in eV: finite differences of pw.x forces carry no more than that.
+    $("zpe-ev").textContent = fixed(r.zpe_ev, 4);
+    $("zpe-kcalmol").textContent = fixed(r.zpe_ev * EV_TO_KCALMOL, 2);
     $("zpe-ev").dataset.value = String(r.zpe_ev);
-    $("zpe-kjmol").textContent = fixed(r.zpe_kjmol ?? r.zpe_ev * Z.EV_TO_KJMOL, 3);
+    $("zpe-kjmol").textContent = fixed(r.zpe_kjmol ?? r.zpe_ev * Z.EV_TO_KJMOL, 2);
     $("s-vib").textContent = fixed(r.s_vib_jmol_k, 4);
     $("temperature").textContent = String(r.temperature);
     $("mode-selection").textContent = `Mode selection: ${r.mode_selection}.`;
@@ -234,7 +248,8 @@
           { class: `mode ${kind}`, "data-imaginary": String(m.imaginary), "data-counted": String(m.counted) },
           el("td", {}, String(m.index)),
           el("td", { class: "num" }, Z.wavenumber(m)),
-          el("td", { class: "num" }, fixed(m.energy_ev * 1000, 3)),
+          // An imaginary mode has no quantum hν: show none rather than 0.000.
+          el("td", { class: "num" }, m.imaginary ? "–" : fixed(m.energy_ev * 1000, 3)),
           hasOther
             ? el("td", { class: "num other-set" }, Z.wavenumber({ frequency_cm: other[m.index], imaginary: other[m.index] < 0 }))
             : null,

@@ -95,6 +95,17 @@
       updateSummary();
       return false;
     }
+    const size = new Blob([text]).size;
+    const limit = config ? config.limits.max_input_bytes : Infinity;
+    if (size > limit) {
+      preview = null;
+      parsedText = null;
+      structure.hidden = true;
+      parseStatus.textContent = "";
+      showError(parseError, `The input is ${megabytes(size)}; inputs are limited to ${megabytes(limit)}.`);
+      updateSummary();
+      return false;
+    }
     parseStatus.textContent = "Reading the input…";
     try {
       const result = await api("/parse", { method: "POST", json: parseBody(text) });
