@@ -8,6 +8,7 @@ the job; finished jobs can be compared; the phone layout has no horizontal scrol
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -289,3 +290,28 @@ def test_a_too_large_paste_says_its_size_in_mb(page: Page) -> None:
     assert "MB" in error.inner_text() and "1.0 MB" in error.inner_text()
     assert "bytes" not in error.inner_text()
     assert page.is_disabled("#submit-button")
+
+
+def test_degenerate_sticks_are_marked_and_fields_say_they_are_invalid(
+    page: Page, api_url: str
+) -> None:
+    created = httpx.post(
+        f"{api_url}/calc/zpe/jobs",
+        json={"input_text": (SAMPLES / "nh3_zpe.in").read_text(), "engine": "mock"},
+    ).json()
+    page.goto(f"/jobs/{created['job_id']}")
+    page.locator("#result").wait_for(state="visible")
+    result = httpx.get(f"{api_url}/calc/zpe/jobs/{created['job_id']}/result").json()
+    counted = sorted(m["frequency_cm"] for m in result["modes"] if m["counted"])
+    pairs = sum(1 for a, b in itertools.pairwise(counted) if b - a < 1)
+    assert pairs >= 1, counted  # NH3 (C3v): the E modes come in pairs
+    assert page.locator("#spectrum text.degeneracy", has_text="×2").count() == pairs
+    assert page.locator("a.skip-link").count() == 1
+    page.goto("/")
+    page.wait_for_function("() => document.getElementById('engine').options.length > 0")
+    page.fill("#delta", "0.5")
+    page.fill("#input-text", H2)
+    page.locator("#atoms-table input.mobile").first.wait_for()
+    assert page.get_attribute("#delta", "aria-invalid") == "true"
+    page.fill("#delta", "0.01")
+    assert page.get_attribute("#delta", "aria-invalid") == "false"

@@ -421,7 +421,24 @@
       parts.push(svg("line", { class: "tick", x1: x(t), x2: x(t), y1: baseline, y2: baseline + 5 }));
       parts.push(svg("text", { class: "tick-label", x: x(t), y: baseline + 18, "text-anchor": "middle", text: String(Math.round(t)) }));
     }
+    if (imag.length && Math.ceil(xmin / step) * step >= 0) {
+      // The imaginary side is narrower than one step: still give it a labelled tick.
+      const t = -Math.round(maxImag);
+      parts.push(svg("line", { class: "tick", x1: x(t), x2: x(t), y1: baseline, y2: baseline + 5 }));
+      parts.push(svg("text", { class: "tick-label neg", x: x(t), y: baseline + 18, "text-anchor": "middle", text: `${Math.abs(t)}i` }));
+    }
     parts.push(svg("text", { class: "axis-title", x: W / 2, y: H - 6, "text-anchor": "middle", text: "wavenumber (cm⁻¹)" }));
+    // Degenerate modes (within 1 cm⁻¹ of each other) share a stick: say how many.
+    const groups = [];
+    for (const m of real.filter((r) => r.counted).sort((a, b) => a.frequency_cm - b.frequency_cm)) {
+      const last = groups[groups.length - 1];
+      if (last && m.frequency_cm - last[last.length - 1].frequency_cm < 1) last.push(m);
+      else groups.push([m]);
+    }
+    for (const group of groups.filter((g) => g.length > 1)) {
+      const nu = group[0].frequency_cm;
+      parts.push(svg("text", { class: "degeneracy", x: x(nu), y: Math.max(10, top - 3), "text-anchor": "middle", text: `×${group.length}` }));
+    }
     const tall = top;
     const short = top + (baseline - top) / 2;
     for (const m of real) {

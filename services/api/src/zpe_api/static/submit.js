@@ -324,8 +324,19 @@
     submitHint.textContent = problem || "";
   }
 
+  /** Mark the option fields that are out of bounds on the fields themselves. */
+  function markInvalid() {
+    const dl = config ? config.limits.delta : { gt: 0, le: 0.1 };
+    const tl = config ? config.limits.temperature : { gt: 0, le: 5000 };
+    const delta = Number(deltaInput.value);
+    const t = Number(temperatureInput.value);
+    deltaInput.setAttribute("aria-invalid", String(!(deltaInput.value && delta > dl.gt && delta <= dl.le)));
+    temperatureInput.setAttribute("aria-invalid", String(!(temperatureInput.value && t > tl.gt && t <= tl.le)));
+  }
+
   /** Why the form cannot be submitted now, or null. */
   function formProblem() {
+    markInvalid();
     if (!textarea.value.trim()) return "Paste an input to begin.";
     if (!preview) return "Fix the input first (see the message above).";
     const mobile = selectedMobile();
