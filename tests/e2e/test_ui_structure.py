@@ -315,3 +315,26 @@ def test_degenerate_sticks_are_marked_and_fields_say_they_are_invalid(
     assert page.get_attribute("#delta", "aria-invalid") == "true"
     page.fill("#delta", "0.01")
     assert page.get_attribute("#delta", "aria-invalid") == "false"
+
+
+def test_atoms_and_modes_can_be_counted_from_one(page: Page, api_url: str) -> None:
+    paste(page, SLAB)
+    first = page.locator("#atoms-table tbody tr td.atom-index").first
+    first.wait_for()
+    assert first.inner_text() == "0"
+    page.check("#one-based")
+    assert first.inner_text() == "1"
+    page.reload()  # remembered in this browser
+    page.locator("#atoms-table tbody tr td.atom-index").first.wait_for()
+    assert page.locator("#atoms-table tbody tr td.atom-index").first.inner_text() == "1"
+    assert page.is_checked("#one-based")
+    created = httpx.post(
+        f"{api_url}/calc/zpe/jobs", json={"input_text": SLAB, "engine": "mock", "mobile": [9]}
+    ).json()
+    page.goto(f"/jobs/{created['job_id']}")
+    page.locator("#result").wait_for(state="visible")
+    assert page.inner_text("#mobile").startswith("10 ")  # atom 9 of the API, the 10th atom
+    assert page.locator("td.mode-index").first.inner_text() == "1"
+    page.uncheck("#one-based")
+    assert page.locator("td.mode-index").first.inner_text() == "0"
+    assert page.inner_text("#mobile").startswith("9 ")

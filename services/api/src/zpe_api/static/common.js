@@ -134,7 +134,39 @@
     return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
   }
 
+  // Atoms and modes counted from 0 (the API's mobile list) or from 1 (pw.x, VESTA,
+  // Avogadro): the reader's choice, remembered in this browser.
+  const ONE_BASED_KEY = "zpe.oneBased";
+
+  function oneBased() {
+    try {
+      return localStorage.getItem(ONE_BASED_KEY) === "1";
+    } catch (_) {
+      return false;
+    }
+  }
+
+  /** An atom or mode index as the reader counts: 0-based (the API's) or 1-based. */
+  function shownIndex(index) {
+    return String(index + (oneBased() ? 1 : 0));
+  }
+
+  /** Wire a checkbox to the choice; ``onChange`` redraws what shows indices. */
+  function bindOneBased(checkbox, onChange) {
+    checkbox.checked = oneBased();
+    checkbox.addEventListener("change", () => {
+      try {
+        localStorage.setItem(ONE_BASED_KEY, checkbox.checked ? "1" : "0");
+      } catch (_) {
+        // storage disabled: the choice lasts for this page only
+      }
+      onChange();
+    });
+  }
+
   window.ZPE = {
+    shownIndex,
+    bindOneBased,
     API,
     EV_TO_KJMOL,
     TERMINAL,

@@ -162,7 +162,8 @@
     $("parameters").textContent = `δ = ${s.delta} Å, nfree = ${s.nfree}, T = ${s.temperature} K`;
     $("job-title").textContent = s.label ? `${s.label} (${s.formula})` : `${s.formula} job`;
     document.title = `${s.label || s.formula} · ${s.state} · ZPE job ${jobId.slice(0, 8)}`;
-    $("mobile").textContent = `${s.mobile_indices.join(", ")} (of ${s.natoms} atoms)`;
+    $("mobile").textContent =
+      `${s.mobile_indices.map(Z.shownIndex).join(", ")} (of ${s.natoms} atoms)`;
     $("created").textContent = Z.localTime(s.created_at);
     cancelButton.hidden = Z.TERMINAL.includes(s.state);
     if (s.error) {
@@ -246,7 +247,7 @@
         return el(
           "tr",
           { class: `mode ${kind}`, "data-imaginary": String(m.imaginary), "data-counted": String(m.counted) },
-          el("td", {}, String(m.index)),
+          el("td", { class: "mode-index", "data-index": String(m.index) }, Z.shownIndex(m.index)),
           el("td", { class: "num" }, Z.wavenumber(m)),
           // An imaginary mode has no quantum hν: show none rather than 0.000.
           el("td", { class: "num" }, m.imaginary ? "–" : fixed(m.energy_ev * 1000, 3)),
@@ -445,14 +446,14 @@
       const cls = m.counted ? "stick counted" : "stick excluded";
       parts.push(
         svg("line", { class: cls, x1: x(m.frequency_cm), x2: x(m.frequency_cm), y1: baseline, y2: m.counted ? tall : short },
-          svg("title", { text: `mode ${m.index}: ${Z.wavenumber(m)} cm⁻¹ (${m.counted ? "counted" : "excluded"})` }))
+          svg("title", { text: `mode ${Z.shownIndex(m.index)}: ${Z.wavenumber(m)} cm⁻¹ (${m.counted ? "counted" : "excluded"})` }))
       );
     }
     for (const m of imag) {
       const pos = -Math.abs(m.frequency_cm);
       parts.push(
         svg("line", { class: rigid.has(m.index) ? "imag-stick excluded" : "imag-stick", x1: x(pos), x2: x(pos), y1: baseline, y2: short },
-          svg("title", { text: `mode ${m.index}: ${Z.wavenumber(m)} cm⁻¹ (imaginary, not counted)` }))
+          svg("title", { text: `mode ${Z.shownIndex(m.index)}: ${Z.wavenumber(m)} cm⁻¹ (imaginary, not counted)` }))
       );
     }
     plot.setAttribute("viewBox", `0 0 ${W} ${H}`);
@@ -488,7 +489,7 @@
         for (const other of rows) other.classList.remove("playing");
         row.classList.add("playing");
         viewer.animate(vectors);
-        $("mode-caption").textContent = `Mode ${m.index}: ${Z.wavenumber(m)} cm⁻¹` +
+        $("mode-caption").textContent = `Mode ${Z.shownIndex(m.index)}: ${Z.wavenumber(m)} cm⁻¹` +
           (m.imaginary ? " (imaginary: the motion that lowers the energy)" : "") + ".";
       };
       row.addEventListener("click", play);
@@ -500,6 +501,13 @@
       });
     });
   }
+
+  Z.bindOneBased($("one-based"), () => {
+    for (const cell of document.querySelectorAll("td.mode-index")) {
+      cell.textContent = Z.shownIndex(Number(cell.dataset.index));
+    }
+    if (status) render();
+  });
 
   cancelButton.addEventListener("click", async () => {
     const ok = window.confirm(

@@ -184,7 +184,7 @@
         return el(
           "tr",
           { class: atom.fixed ? "atom fixed" : "atom", "data-index": String(atom.index) },
-          el("td", {}, String(atom.index)),
+          el("td", { class: "atom-index" }, window.ZPE.shownIndex(atom.index)),
           el("td", {}, box),
           el("td", {}, atom.label === atom.element ? atom.label : `${atom.label} (${atom.element})`),
           ...atom.position.map((x) => el("td", { class: "num" }, fixed(x, 5))),
@@ -441,6 +441,11 @@
     for (const box of atomsBody.querySelectorAll("input.mobile")) box.checked = false;
     rememberChoice();
     updateSummary();
+  });
+  window.ZPE.bindOneBased(document.getElementById("one-based"), () => {
+    for (const cell of atomsBody.querySelectorAll("td.atom-index")) {
+      cell.textContent = window.ZPE.shownIndex(Number(cell.parentElement.dataset.index));
+    }
   });
   for (const input of [deltaInput, temperatureInput, nfreeSelect, symmetrySelect, engineSelect, labelInput]) {
     input.addEventListener("input", updateSummary);
