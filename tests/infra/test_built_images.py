@@ -79,10 +79,16 @@ def test_image_runs_as_a_non_root_user(images: None, image: str) -> None:
 
 @pytest.fixture
 def api_container(images: None) -> Iterator[str]:
-    """zpe-api:local serving on a loopback port (its own CMD and $PORT); yields its URL."""
+    """zpe-api:local serving on a loopback port (its own CMD and $PORT); yields its URL.
+
+    With API keys required, as Terraform deploys it: the image's own default (no auth)
+    on 0.0.0.0 refuses to start (see the test below)."""
     port = free_port()
     container = _client().containers.run(
-        API_IMAGE, detach=True, ports={"8080/tcp": ("127.0.0.1", port)}
+        API_IMAGE,
+        detach=True,
+        ports={"8080/tcp": ("127.0.0.1", port)},
+        environment={"ZPE_AUTH_MODE": "api-keys"},
     )
     try:
         yield f"http://127.0.0.1:{port}"
@@ -102,6 +108,18 @@ def test_api_image_answers_healthz(api_container: str) -> None:
             last = exc
             time.sleep(0.5)
     pytest.fail(f"/healthz did not answer within 90 s: {last}")
+
+
+def test_api_image_refuses_anonymous_access_on_the_network(images: None) -> None:
+    """Without an auth mode the API would serve everyone as one user: it must not start."""
+    container = _client().containers.run(API_IMAGE, detach=True)
+    try:
+        result = container.wait(timeout=120)
+        logs = container.logs().decode(errors="replace")
+    finally:
+        container.remove(force=True)
+    assert result["StatusCode"] != 0, logs
+    assert "ZPE_AUTH_MODE" in logs and "0.0.0.0" in logs, logs
 
 
 def total_energy(pw_output: str) -> float:
