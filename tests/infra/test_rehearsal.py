@@ -59,6 +59,9 @@ class Substitutions:
     credentials: dict[str, str]  # env standing in for Google-signed OIDC tokens
     runtime: dict[str, str]  # what Cloud Run and the image's OS provide, on this machine
     paths: dict[str, str]  # image path -> local path (in ENV values)
+    # The address the command listens on: Cloud Run routes to 0.0.0.0 in the container;
+    # here a local process, reached (and reachable) on loopback only.
+    listen: dict[str, str]
 
 
 def substitutions(
@@ -84,6 +87,7 @@ def substitutions(
             "/app/.venv/bin": str(ROOT / ".venv" / "bin"),  # the image's venv: this checkout's
             "$PATH": "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",  # python image's PATH
         },
+        listen={"--host 0.0.0.0": "--host 127.0.0.1"},
     )
 
 
@@ -96,6 +100,8 @@ def service_spec(
         argv = planned.command + (planned.args or [])
     else:
         argv = image.entrypoint + (planned.args or image.cmd)
+    for planned_text, local in subs.listen.items():
+        argv = [arg.replace(planned_text, local) for arg in argv]
     # What Cloud Run gives the container: PORT (the container port; here a free one), then
     # the planned env, with secrets, Google-assigned values and endpoints substituted.
     container = {"PORT": str(port), **planned.env}
