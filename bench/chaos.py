@@ -54,9 +54,9 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from tests.fixtures.servers import RedisServer, free_port, server_runtime  # noqa: E402
-from zpe_core.models import Job, JobRequest, JobState, Task, TaskState  # noqa: E402
-from zpe_core.runner import run_task  # noqa: E402
-from zpe_core.service import JobService  # noqa: E402
+from zpe_core.jobs.models import Job, JobRequest, JobState, Task, TaskState  # noqa: E402
+from zpe_core.jobs.runner import run_task  # noqa: E402
+from zpe_core.jobs.service import JobService  # noqa: E402
 from zpe_core.settings import Settings  # noqa: E402
 from zpe_core.store import JobStore, open_store  # noqa: E402
 

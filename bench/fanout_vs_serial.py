@@ -70,7 +70,7 @@ def run_serial(text: str, command: str, workdir: Path) -> dict[str, Any]:
     from ase.vibrations import Vibrations
 
     from zpe_core.engines.qe import _prepare_input_data
-    from zpe_core.qe_input import parse_qe_input
+    from zpe_core.physics.qe_input import parse_qe_input
 
     parsed = parse_qe_input(text)
     atoms = parsed.atoms.copy()
@@ -101,8 +101,8 @@ def run_serial(text: str, command: str, workdir: Path) -> dict[str, Any]:
 def run_product(text: str, workers: int, warm: bool, workdir: Path) -> dict[str, Any]:
     """JobService + InProcessDispatcher (W worker processes) on a fresh file store."""
     from zpe_core.dispatch.inprocess import InProcessDispatcher
-    from zpe_core.models import JobRequest, JobState
-    from zpe_core.service import JobService
+    from zpe_core.jobs.models import JobRequest, JobState
+    from zpe_core.jobs.service import JobService
     from zpe_core.settings import Settings
     from zpe_core.store import open_store
 
@@ -188,11 +188,11 @@ def wait_done(service: Any, job_id: str, timeout: float, poll: float = 0.2) -> A
 def run_warm_ab(text: str, workdir: Path) -> dict[str, Any]:
     """Every displaced point computed cold and warm back to back (alternating which goes
     first, so a change in machine load hits both alike); the engine called directly."""
-    from zpe_core.analysis import analyze
     from zpe_core.engines.qe import QeEngine, WarmStartCache, detect_pw_version
-    from zpe_core.models import JobRequest
-    from zpe_core.plan import build_plan
-    from zpe_core.qe_input import parse_qe_input, select_mobile
+    from zpe_core.jobs.models import JobRequest
+    from zpe_core.physics.analysis import analyze
+    from zpe_core.physics.plan import build_plan
+    from zpe_core.physics.qe_input import parse_qe_input, select_mobile
 
     version = f"qe-{detect_pw_version('pw.x')}"
     parsed = parse_qe_input(text)

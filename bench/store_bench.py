@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.fixtures.servers import GcsServer, RedisServer  # noqa: E402
-from zpe_core.models import Job, JobRequest, StructureInfo  # noqa: E402
+from zpe_core.jobs.models import Job, JobRequest, StructureInfo  # noqa: E402
 from zpe_core.store import JobStore, open_store  # noqa: E402
 
 

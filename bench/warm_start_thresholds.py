@@ -38,10 +38,10 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
 
     import zpe_core.engines.qe as qe
-    from zpe_core.analysis import analyze
-    from zpe_core.models import JobRequest, TaskSpec
-    from zpe_core.plan import build_plan
-    from zpe_core.qe_input import parse_qe_input, select_mobile
+    from zpe_core.jobs.models import JobRequest, TaskSpec
+    from zpe_core.physics.analysis import analyze
+    from zpe_core.physics.plan import build_plan
+    from zpe_core.physics.qe_input import parse_qe_input, select_mobile
 
     qe.SCF_CONV_THR_FACTOR = 1.0  # the thresholds below are exactly what pw.x gets
     text = (ROOT / "samples" / f"{args.molecule}_zpe.in").read_text()

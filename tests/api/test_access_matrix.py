@@ -36,8 +36,8 @@ from starlette.routing import Mount
 from tests.api.conftest import make_settings
 from zpe_api.main import create_app
 from zpe_core.engines.base import MOCK_VERSION
-from zpe_core.models import JobRequest, TaskSpec
-from zpe_core.runner import compute_task
+from zpe_core.jobs.models import JobRequest, TaskSpec
+from zpe_core.jobs.runner import compute_task
 from zpe_core.settings import Settings
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
@@ -661,7 +661,7 @@ def test_push_worker_matrix(config: str) -> None:
     """The worker service: health is open, a push runs only with the right credentials,
     a refused push runs nothing, and no answer quotes a credential back."""
     from tests.unit.test_push_auth import AUDIENCE, INVOKER, CertsServer, _rsa_pem, make_token
-    from zpe_core.models import TaskState
+    from zpe_core.jobs.models import TaskState
     from zpe_worker.app import create_app as create_worker_app
 
     good, other = _rsa_pem(), _rsa_pem()

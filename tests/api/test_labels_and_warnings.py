@@ -20,7 +20,7 @@ from tests.api.test_users_access import (
     issue,
 )
 from zpe_api.main import create_app
-from zpe_core.models import hill_formula
+from zpe_core.jobs.models import hill_formula
 
 
 def submit(client: TestClient, text: str, **extra: Any) -> str:

@@ -11,8 +11,8 @@ from tests.api.conftest import SAMPLES, make_settings
 from tests.api.test_jobs_api import assert_problem, submit
 from tests.api.test_users_access import ADMIN, bearer, issue
 from zpe_api.main import create_app
+from zpe_core.control.limits import TokenBucketLimiter
 from zpe_core.errors import TooManyRequests
-from zpe_core.limits import TokenBucketLimiter
 
 
 def test_jobs_in_flight_per_owner(h2_input: str) -> None:

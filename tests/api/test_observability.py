@@ -17,12 +17,12 @@ from tests.api.conftest import make_settings, wait_for
 from tests.api.test_jobs_api import assert_problem, submit
 from zpe_api import main as api_main
 from zpe_api.main import create_app
-from zpe_core import metrics
 from zpe_core.dispatch.base import DispatchError, JobDispatcher
 from zpe_core.errors import ErrorSource, StoreUnavailable
-from zpe_core.logs import json_handler, redact, register_secret
-from zpe_core.models import ErrorInfo, JobRequest, TaskState
-from zpe_core.service import JobService
+from zpe_core.jobs.models import ErrorInfo, JobRequest, TaskState
+from zpe_core.jobs.service import JobService
+from zpe_core.observability import metrics
+from zpe_core.observability.logs import json_handler, redact, register_secret
 from zpe_core.store import open_store
 from zpe_core.store.memory import MemoryJobStore
 

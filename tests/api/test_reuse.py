@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from tests.api.conftest import SAMPLES, wait_for
 from zpe_core.engines.mock import MockEngine
-from zpe_core.models import TaskResult, TaskSpec
+from zpe_core.jobs.models import TaskResult, TaskSpec
 
 
 class EngineRuns:

@@ -18,10 +18,10 @@ from fastapi.testclient import TestClient
 
 from tests.api.conftest import SAMPLES, wait_for
 from zpe_api.cli import _print_result
-from zpe_core.analysis import HC_EV_CM
-from zpe_core.artifacts import MODE_FRAMES
 from zpe_core.engines.mock import mock_energy_forces
-from zpe_core.qe_input import parse_qe_input
+from zpe_core.physics.analysis import HC_EV_CM
+from zpe_core.physics.artifacts import MODE_FRAMES
+from zpe_core.physics.qe_input import parse_qe_input
 
 IDEAL_GAS_NAMES = {
     "model",

@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from tests.api.conftest import make_settings, wait_for
 from tests.api.test_jobs_api import assert_problem, submit
 from zpe_api.main import create_app
-from zpe_core.plan import new_job_id
+from zpe_core.physics.plan import new_job_id
 
 ADMIN = "admin-token-for-tests-0123456789"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}

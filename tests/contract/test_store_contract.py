@@ -24,7 +24,7 @@ from zpe_core.errors import (
     StoreConflict,
     StoreUnavailable,
 )
-from zpe_core.models import (
+from zpe_core.jobs.models import (
     ErrorInfo,
     Job,
     JobRequest,

@@ -25,9 +25,9 @@ import pytest
 from tests.fixtures.cloud_tasks import TasksEmulator
 from tests.fixtures.servers import free_port
 from zpe_core.dispatch.cloud_tasks import CloudTasksDispatcher
-from zpe_core.models import Job, JobRequest, JobState, Task, TaskState
-from zpe_core.runner import run_task
-from zpe_core.service import JobService
+from zpe_core.jobs.models import Job, JobRequest, JobState, Task, TaskState
+from zpe_core.jobs.runner import run_task
+from zpe_core.jobs.service import JobService
 from zpe_core.settings import Settings
 from zpe_core.store import JobStore, open_store
 

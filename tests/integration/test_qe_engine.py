@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import require_or_skip
 from zpe_core.engines.qe import QeEngine
 from zpe_core.errors import EngineError
-from zpe_core.models import QeCalcSpec, TaskSpec
+from zpe_core.jobs.models import QeCalcSpec, TaskSpec
 
 PSEUDO_DIR = "/usr/share/espresso/pseudo"
 

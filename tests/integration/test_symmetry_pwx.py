@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import require_or_skip
-from zpe_core.analysis import analyze
-from zpe_core.models import JobRequest
-from zpe_core.plan import build_plan
-from zpe_core.qe_input import parse_qe_input, select_mobile
-from zpe_core.runner import compute_task
+from zpe_core.jobs.models import JobRequest
+from zpe_core.jobs.runner import compute_task
+from zpe_core.physics.analysis import analyze
+from zpe_core.physics.plan import build_plan
+from zpe_core.physics.qe_input import parse_qe_input, select_mobile
+from zpe_core.physics.symmetry import broken_by_reference, rebuild_job_forces, select_points
 from zpe_core.settings import Settings
-from zpe_core.symmetry import broken_by_reference, rebuild_job_forces, select_points
 
 pytestmark = [pytest.mark.pwx, pytest.mark.slow]
 

@@ -20,8 +20,8 @@ from zpe_api.main import create_app
 from zpe_core.engines.mock import MockEngine
 from zpe_core.engines.qe import QeEngine
 from zpe_core.errors import EngineError, InputError
-from zpe_core.models import QeCalcSpec, TaskSpec
-from zpe_core.qe_input import parse_qe_input
+from zpe_core.jobs.models import QeCalcSpec, TaskSpec
+from zpe_core.physics.qe_input import parse_qe_input
 
 MIB = 1024 * 1024
 

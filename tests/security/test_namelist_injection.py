@@ -2,7 +2,7 @@
 
 The attack: a string value whose quotes end early, so the rest of it is read by pw.x as
 more ``key = value`` pairs (``outdir``, ``pseudo_dir``, ``calculation``...). The defence:
-only allowlisted keys reach pw.x (``zpe_core.namelists``), string values are limited to
+only allowlisted keys reach pw.x (``zpe_core.physics.namelists``), string values are limited to
 safe characters and written with Fortran quoting, and the worker re-checks the spec.
 """
 
@@ -23,8 +23,9 @@ from tests.conftest import require_or_skip
 from tests.security.conftest import fake_pw, h2_input, namelist_text
 from zpe_core.engines.qe import SCF_CONV_THR_FACTOR, QeEngine
 from zpe_core.errors import EngineError, InputError
-from zpe_core.models import JobRequest, QeCalcSpec, TaskSpec
-from zpe_core.namelists import (
+from zpe_core.jobs.models import JobRequest, QeCalcSpec, TaskSpec
+from zpe_core.jobs.runner import compute_task
+from zpe_core.physics.namelists import (
     NAMELIST_KEYS,
     PW_DEFAULT_CONV_THR_RY,
     SAFE_STRING,
@@ -32,9 +33,8 @@ from zpe_core.namelists import (
     KeyRule,
     check_namelists,
 )
-from zpe_core.plan import build_plan
-from zpe_core.qe_input import parse_qe_input, select_mobile
-from zpe_core.runner import compute_task
+from zpe_core.physics.plan import build_plan
+from zpe_core.physics.qe_input import parse_qe_input, select_mobile
 from zpe_core.settings import Settings
 
 PSEUDO_DIR = "/usr/share/espresso/pseudo"

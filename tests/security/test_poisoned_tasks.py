@@ -4,7 +4,7 @@ what later jobs get for it.
 Tasks are shared by key, and the stored spec is the first submitter's. Before the fix,
 keys left out keys that still reached pw.x (``max_seconds``, ``title``, ...), so a job
 with ``max_seconds = 1`` submitted first dead-lettered the point for everyone. Now those
-keys never reach pw.x (``dropped`` in zpe_core.namelists), the key covers every key that
+keys never reach pw.x (``dropped`` in zpe_core.physics.namelists), the key covers every key that
 does, and a stored spec that does not hash to its key is never inherited.
 """
 
@@ -18,10 +18,10 @@ import pytest
 from tests.conftest import require_or_skip
 from tests.security.conftest import fake_pw, h2_input, namelist_text
 from zpe_core.dispatch.base import JobDispatcher
-from zpe_core.models import JobRequest, Task, TaskState
-from zpe_core.plan import task_key
-from zpe_core.runner import Outcome, compute_task, run_task
-from zpe_core.service import JobService
+from zpe_core.jobs.models import JobRequest, Task, TaskState
+from zpe_core.jobs.runner import Outcome, compute_task, run_task
+from zpe_core.jobs.service import JobService
+from zpe_core.physics.plan import task_key
 from zpe_core.settings import Settings
 from zpe_core.store import open_store
 

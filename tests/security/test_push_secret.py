@@ -21,8 +21,8 @@ from pydantic import SecretStr
 from tests.api.conftest import make_settings
 from zpe_core.dispatch.cloud_tasks import SECRET_HEADER, CloudTasksDispatcher
 from zpe_core.errors import ConfigurationError
-from zpe_core.models import JobRequest, TaskState
-from zpe_core.service import JobService
+from zpe_core.jobs.models import JobRequest, TaskState
+from zpe_core.jobs.service import JobService
 from zpe_core.store import open_store
 from zpe_worker import cli as worker_cli
 from zpe_worker.app import create_app as create_worker_app

@@ -25,9 +25,9 @@ from tests.api.test_users_access import ADMIN, bearer, issue
 from tests.unit.test_submit_outage import FlakyStore, finish
 from zpe_api.main import create_app
 from zpe_core.errors import StoreUnavailable
-from zpe_core.models import JobRequest, JobState
-from zpe_core.plan import owner_scope, scoped_task_id, task_key
-from zpe_core.service import JobService
+from zpe_core.jobs.models import JobRequest, JobState
+from zpe_core.jobs.service import JobService
+from zpe_core.physics.plan import owner_scope, scoped_task_id, task_key
 from zpe_core.settings import Settings
 
 H2O = (SAMPLES / "h2o_zpe.in").read_text()

@@ -13,7 +13,8 @@ from ase import Atoms
 from ase.build import molecule
 from ase.vibrations import Vibrations
 
-from zpe_core.analysis import (
+from zpe_core.engines.mock import MockPotential, mock_energy_forces
+from zpe_core.physics.analysis import (
     HC_EV_CM,
     KB_EV_K,
     R_JMOL_K,
@@ -24,7 +25,6 @@ from zpe_core.analysis import (
     is_linear,
     zpe_of_frequencies,
 )
-from zpe_core.engines.mock import MockPotential, mock_energy_forces
 
 
 def _our_forces(

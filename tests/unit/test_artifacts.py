@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from zpe_api.cli import _print_result
-from zpe_core.artifacts import render_summary
+from zpe_core.physics.artifacts import render_summary
 
 
 def _result() -> dict[str, Any]:

@@ -25,8 +25,8 @@ from zpe_core.dispatch.cloud_tasks import (
     validate_settings,
 )
 from zpe_core.errors import ConfigurationError
-from zpe_core.models import JobRequest, JobState, Task, TaskSpec, TaskState, now
-from zpe_core.service import JobService
+from zpe_core.jobs.models import JobRequest, JobState, Task, TaskSpec, TaskState, now
+from zpe_core.jobs.service import JobService
 from zpe_core.settings import Settings
 from zpe_core.store import open_store
 

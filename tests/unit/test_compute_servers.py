@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from zpe_core.compute_servers import (
+from zpe_core.control.compute_servers import (
     ENROLL_PREFIX,
     WORKER_PREFIX,
     Capabilities,
@@ -18,9 +18,9 @@ from zpe_core.compute_servers import (
     digest_matches,
     token_digest,
 )
+from zpe_core.control.pull import server_matches, validate_result
 from zpe_core.errors import Forbidden, InputError, SwitchedOff, Unauthorized
-from zpe_core.models import Task, TaskResult, TaskSpec
-from zpe_core.pull import server_matches, validate_result
+from zpe_core.jobs.models import Task, TaskResult, TaskSpec
 from zpe_core.settings import Settings
 from zpe_core.store import open_store
 

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from zpe_core.errors import EngineError
-from zpe_core.models import TaskSpec
-from zpe_core.runner import compute_task
+from zpe_core.jobs.models import TaskSpec
+from zpe_core.jobs.runner import compute_task
 from zpe_core.settings import Settings
 from zpe_worker.pull import Credentials, PullWorker, TokenFileMismatch, must_enroll
 
@@ -92,7 +92,7 @@ def test_any_error_is_reported_and_frees_the_slot(tmp_path: Path, case: str) -> 
 
 
 def saved(tmp_path: Path, api: str, enroll_token: str) -> Path:
-    from zpe_core.tokens import token_digest
+    from zpe_core.edge.tokens import token_digest
 
     path = tmp_path / "worker-token.json"
     Credentials(api, "s1", "zpe_worker_s1_x", 0.0, 4e9, token_digest(enroll_token)).save(path)

@@ -23,7 +23,7 @@ from google.auth import crypt, jwt
 from pydantic import SecretStr
 
 from zpe_core.errors import ConfigurationError
-from zpe_core.models import JobRequest, TaskState
+from zpe_core.jobs.models import JobRequest, TaskState
 from zpe_core.settings import Settings
 from zpe_worker.app import create_app
 from zpe_worker.auth import AuthError, PushAuthenticator

@@ -1,4 +1,4 @@
-"""Unit tests for zpe_core.qe_input: every accepted form and every rejection code."""
+"""Unit tests for zpe_core.physics.qe_input: every accepted form and every rejection code."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from ase.units import Bohr
 
 from zpe_core.errors import InputError, InputTooLarge
-from zpe_core.qe_input import (
+from zpe_core.physics.qe_input import (
     MAX_INPUT_BYTES_DEFAULT,
     ParsedInput,
     force_scf,

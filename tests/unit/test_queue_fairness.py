@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from zpe_core.errors import ErrorSource
-from zpe_core.models import ErrorInfo, JobRequest, RetryPolicy
-from zpe_core.service import JobService
+from zpe_core.jobs.models import ErrorInfo, JobRequest, RetryPolicy
+from zpe_core.jobs.service import JobService
 from zpe_core.settings import Settings
 from zpe_core.store import open_store
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from zpe_core.errors import StoreUnavailable
-from zpe_core.models import JobRequest, JobState, TaskState
-from zpe_core.runner import run_task
-from zpe_core.service import JobService
+from zpe_core.jobs.models import JobRequest, JobState, TaskState
+from zpe_core.jobs.runner import run_task
+from zpe_core.jobs.service import JobService
 from zpe_core.settings import Settings
 from zpe_core.store.memory import MemoryJobStore
 

@@ -13,12 +13,12 @@ from ase.build import molecule
 
 from zpe_core.dispatch.base import JobDispatcher
 from zpe_core.engines.mock import MockEngine
-from zpe_core.models import Job, JobRequest, JobState, Task, TaskResult, TaskSpec
-from zpe_core.preview import preview_request
-from zpe_core.service import DISPATCH_REQUESTS, JobService
+from zpe_core.jobs.models import Job, JobRequest, JobState, Task, TaskResult, TaskSpec
+from zpe_core.jobs.service import DISPATCH_REQUESTS, JobService
+from zpe_core.physics.preview import preview_request
+from zpe_core.physics.symmetry import FORCE_TOLERANCE
 from zpe_core.settings import Settings
 from zpe_core.store import open_store
-from zpe_core.symmetry import FORCE_TOLERANCE
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 SETTINGS = Settings(store_url="memory://", default_engine="mock", allowed_engines="mock")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from zpe_core.errors import InputError
-from zpe_core.models import JobRequest
-from zpe_core.plan import build_plan, task_key
-from zpe_core.qe_input import parse_qe_input, select_mobile
+from zpe_core.jobs.models import JobRequest
+from zpe_core.physics.plan import build_plan, task_key
+from zpe_core.physics.qe_input import parse_qe_input, select_mobile
 
 BASE = """\
 &CONTROL

@@ -13,7 +13,8 @@ from ase.build import molecule
 from ase.optimize import BFGS
 from ase.thermochemistry import HarmonicThermo, IdealGasThermo
 
-from zpe_core.analysis import (
+from zpe_core.engines.mock import MockPotential, mock_energy_forces
+from zpe_core.physics.analysis import (
     HC_EV_CM,
     Mode,
     VibrationResult,
@@ -22,8 +23,7 @@ from zpe_core.analysis import (
     displacements,
     rigid_body_overlaps,
 )
-from zpe_core.engines.mock import MockPotential, mock_energy_forces
-from zpe_core.thermochemistry import molecular_symmetry, thermochemistry
+from zpe_core.physics.thermochemistry import molecular_symmetry, thermochemistry
 
 J_PER_EV_MOL = 96485.33212  # eV -> J/mol (N_A e)
 

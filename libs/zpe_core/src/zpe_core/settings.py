@@ -10,8 +10,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from zpe_core.models import DEFAULT_TARGET, RetryPolicy
-from zpe_core.namelists import InputLimits
+from zpe_core.jobs.models import DEFAULT_TARGET, RetryPolicy
+from zpe_core.physics.namelists import InputLimits
 
 ExecutionMode = Literal["inprocess", "cloud-tasks", "http-pull"]
 AuthMode = Literal["none", "api-keys"]

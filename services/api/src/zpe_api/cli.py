@@ -52,7 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from zpe_api.listen import check_listen_address
     from zpe_api.main import create_app
     from zpe_core.errors import ConfigurationError
-    from zpe_core.logs import configure_logging
+    from zpe_core.observability.logs import configure_logging
     from zpe_core.settings import get_settings
 
     configure_logging(os.environ.get("ZPE_LOG_LEVEL", "INFO"))
@@ -178,7 +178,7 @@ def _print_result(result: dict[str, Any]) -> None:
     if result.get("frequency_set_note"):
         print(f"frequency set: {result['frequency_set']} ({result['frequency_set_note']})")
     if result.get("thermochemistry"):
-        from zpe_core.artifacts import thermo_lines  # the summary's wording; heavy, so lazy
+        from zpe_core.physics.artifacts import thermo_lines  # the summary's wording; heavy, so lazy
 
         for line in thermo_lines(result["thermochemistry"]):
             print(line)

@@ -6,14 +6,14 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
-from zpe_core.compute_servers import (
+from zpe_core.control.compute_servers import (
     NAME_PATTERN,
     Capabilities,
     ComputeServer,
     SwitchChange,
 )
-from zpe_core.models import AttemptRecord, ErrorInfo, Task, TaskResult, TaskSpec
-from zpe_core.pull import EVENT_ID_PATTERN
+from zpe_core.control.pull import EVENT_ID_PATTERN
+from zpe_core.jobs.models import AttemptRecord, ErrorInfo, Task, TaskResult, TaskSpec
 
 Target = Annotated[str, Field(pattern=NAME_PATTERN)]
 EventId = Annotated[str, Field(pattern=EVENT_ID_PATTERN)]

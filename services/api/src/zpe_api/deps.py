@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from zpe_api.edge import client_address
-from zpe_core.api_keys import ANONYMOUS, ApiKeyRegistry, resolve_owner
-from zpe_core.compute_servers import ComputeRegistry, ComputeServer, check_admin
-from zpe_core.iap import ASSERTION_HEADER, IapVerifier
-from zpe_core.limits import TokenBucketLimiter
-from zpe_core.pull import PullCoordinator
-from zpe_core.service import JobService
+from zpe_core.control.api_keys import ANONYMOUS, ApiKeyRegistry, resolve_owner
+from zpe_core.control.compute_servers import ComputeRegistry, ComputeServer, check_admin
+from zpe_core.control.limits import TokenBucketLimiter
+from zpe_core.control.pull import PullCoordinator
+from zpe_core.edge.iap import ASSERTION_HEADER, IapVerifier
+from zpe_core.jobs.service import JobService
 from zpe_core.settings import Settings
 from zpe_core.store.base import JobStore
 

@@ -25,8 +25,8 @@ from functools import lru_cache
 from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from zpe_core.edge.hosts import host_name, is_loopback
 from zpe_core.errors import ConfigurationError
-from zpe_core.hosts import host_name, is_loopback
 from zpe_core.settings import Settings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -20,12 +20,12 @@ from zpe_api.problems import install_problem_handlers, problem_responses
 from zpe_api.routers import admin, api_keys, calc, compute, health, jobs, metrics, ui
 from zpe_api.routers.compute import DENSITY_PATH, RESULT_PATH
 from zpe_core import __version__
-from zpe_core.body_limit import BodyLimit, RouteLimit
 from zpe_core.dispatch import InProcessDispatcher, JobDispatcher, PullDispatcher
+from zpe_core.edge.body_limit import BodyLimit, RouteLimit
+from zpe_core.edge.iap import IapVerifier
 from zpe_core.errors import ConfigurationError, ZpeError
-from zpe_core.iap import IapVerifier
-from zpe_core.maintenance import Reaper
-from zpe_core.service import JobService
+from zpe_core.jobs.maintenance import Reaper
+from zpe_core.jobs.service import JobService
 from zpe_core.settings import Settings, get_settings
 from zpe_core.store import JobStore, open_store
 

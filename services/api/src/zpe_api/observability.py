@@ -15,8 +15,8 @@ import re
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from zpe_core.limits import TokenBucketLimiter
-from zpe_core.logs import (
+from zpe_core.control.limits import TokenBucketLimiter
+from zpe_core.observability.logs import (
     REQUEST_ID_HEADER,
     log_context,
     new_request_id,

@@ -28,7 +28,7 @@ from zpe_core.errors import (
     Unauthorized,
     ZpeError,
 )
-from zpe_core.logs import REQUEST_ID_HEADER, current_request_id, redact
+from zpe_core.observability.logs import REQUEST_ID_HEADER, current_request_id, redact
 
 log = logging.getLogger("zpe.api")
 

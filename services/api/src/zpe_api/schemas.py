@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from zpe_core.models import ErrorInfo, Job, JobState, JobSummary, hill_formula
+from zpe_core.jobs.models import ErrorInfo, Job, JobState, JobSummary, hill_formula
 
 
 class JobCreated(BaseModel):

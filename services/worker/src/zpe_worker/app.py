@@ -37,7 +37,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zpe_core import __version__
-from zpe_core.body_limit import BodyLimit
+from zpe_core.edge.body_limit import BodyLimit
 from zpe_core.errors import (
     STORE_UNAVAILABLE_REASON,
     NotFound,
@@ -45,10 +45,10 @@ from zpe_core.errors import (
     StoreUnavailable,
     ZpeError,
 )
-from zpe_core.logs import REQUEST_ID_HEADER, log_context, valid_request_id
-from zpe_core.models import Task, TaskState
-from zpe_core.runner import Outcome, run_task
-from zpe_core.service import JobService
+from zpe_core.jobs.models import Task, TaskState
+from zpe_core.jobs.runner import Outcome, run_task
+from zpe_core.jobs.service import JobService
+from zpe_core.observability.logs import REQUEST_ID_HEADER, log_context, valid_request_id
 from zpe_core.settings import Settings, get_settings
 from zpe_core.store import open_store
 from zpe_worker.auth import AuthError, PushAuthenticator

@@ -17,9 +17,9 @@ from __future__ import annotations
 import hmac
 
 from zpe_core.dispatch.cloud_tasks import SECRET_HEADER, check_push_secret
+from zpe_core.edge.hosts import is_loopback
+from zpe_core.edge.id_tokens import CachingRequest, CertsUnavailable, TokenRejected, TokenVerifier
 from zpe_core.errors import ConfigurationError
-from zpe_core.hosts import is_loopback
-from zpe_core.id_tokens import CachingRequest, CertsUnavailable, TokenRejected, TokenVerifier
 from zpe_core.settings import Settings
 
 __all__ = ["SECRET_HEADER", "AuthError", "CachingRequest", "PushAuthenticator"]

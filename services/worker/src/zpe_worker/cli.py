@@ -2,7 +2,7 @@
 
 ``zpe-worker run-task TASK_ID`` claims and runs one task against the store of
 ``ZPE_STORE_URL`` with exactly the code the in-process pool runs
-(``zpe_core.runner.run_task``); the push and pull modes build on it.
+(``zpe_core.jobs.runner.run_task``); the push and pull modes build on it.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import socket
 import sys
 from pathlib import Path
 
-from zpe_core.logs import configure_logging
-from zpe_core.runner import Outcome, run_task
-from zpe_core.service import JobService
+from zpe_core.jobs.runner import Outcome, run_task
+from zpe_core.jobs.service import JobService
+from zpe_core.observability.logs import configure_logging
 from zpe_core.settings import Settings
 from zpe_core.store import open_store
 

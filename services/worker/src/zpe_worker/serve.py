@@ -14,8 +14,8 @@ from types import FrameType
 
 import uvicorn
 
+from zpe_core.edge.hosts import is_loopback
 from zpe_core.errors import ConfigurationError
-from zpe_core.hosts import is_loopback
 from zpe_core.settings import Settings
 from zpe_worker.app import create_app
 

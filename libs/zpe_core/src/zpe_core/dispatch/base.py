@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from zpe_core.errors import ErrorSource, ZpeError
-from zpe_core.models import Task
+from zpe_core.jobs.models import Task
 
 
 class DispatchError(ZpeError):

@@ -31,14 +31,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from zpe_core.dispatch.base import DispatchError, JobDispatcher
+from zpe_core.edge.hosts import is_loopback
 from zpe_core.errors import ConfigurationError, ErrorSource
-from zpe_core.hosts import is_loopback
-from zpe_core.logs import REQUEST_ID_HEADER, current_request_id
-from zpe_core.models import ErrorInfo, Task, TaskState, now
+from zpe_core.jobs.models import ErrorInfo, Task, TaskState, now
+from zpe_core.observability.logs import REQUEST_ID_HEADER, current_request_id
 from zpe_core.settings import Settings
 
 if TYPE_CHECKING:
-    from zpe_core.service import JobService
+    from zpe_core.jobs.service import JobService
 
 log = logging.getLogger("zpe.dispatch.cloud_tasks")
 

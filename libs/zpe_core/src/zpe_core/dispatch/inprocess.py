@@ -19,8 +19,8 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
 from zpe_core.dispatch.base import JobDispatcher
-from zpe_core.logs import current_request_id, log_context
-from zpe_core.models import Task, now
+from zpe_core.jobs.models import Task, now
+from zpe_core.observability.logs import current_request_id, log_context
 from zpe_core.settings import Settings
 
 log = logging.getLogger("zpe.dispatch.inprocess")
@@ -32,7 +32,7 @@ _worker_service = None  # the JobService of a pool process, built once by _init_
 
 def _init_worker(settings_json: str) -> None:
     global _worker_service
-    from zpe_core.service import JobService
+    from zpe_core.jobs.service import JobService
     from zpe_core.store import open_store
 
     settings = Settings.model_validate_json(settings_json)
@@ -41,7 +41,7 @@ def _init_worker(settings_json: str) -> None:
 
 
 def _run_in_worker(task_id: str, request_id: str | None = None) -> str:
-    from zpe_core.runner import run_task
+    from zpe_core.jobs.runner import run_task
 
     assert _worker_service is not None
     with log_context(request_id=request_id):
@@ -148,8 +148,8 @@ class InProcessDispatcher(JobDispatcher):
         future.add_done_callback(on_done)
 
     def _run_in_thread(self, task_id: str, request_id: str | None = None) -> str:
-        from zpe_core.runner import run_task
-        from zpe_core.service import JobService
+        from zpe_core.jobs.runner import run_task
+        from zpe_core.jobs.service import JobService
 
         assert isinstance(self._service, JobService)
         worker_id = f"inprocess-{os.getpid()}-{threading.get_ident()}"

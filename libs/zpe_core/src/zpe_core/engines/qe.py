@@ -45,14 +45,14 @@ from ase.calculators.espresso import Espresso, EspressoProfile
 
 from zpe_core.engines.base import Engine
 from zpe_core.errors import EngineError, InputError
-from zpe_core.models import TaskResult, TaskSpec
-from zpe_core.namelists import (
+from zpe_core.jobs.models import TaskResult, TaskSpec
+from zpe_core.physics.namelists import (
     PW_DEFAULT_CONV_THR_RY,
     InputLimits,
     engine_namelists,
     refused_spec,
 )
-from zpe_core.plan import is_reference, pseudo_digest
+from zpe_core.physics.plan import is_reference, pseudo_digest
 
 log = logging.getLogger("zpe.engines.qe")
 
@@ -341,7 +341,7 @@ def _prepare_input_data(
     """The user's namelists with engine-owned keys replaced: SCF with forces, files in workdir.
 
     Only allowlisted ``passed`` keys of the user survive, re-checked here against
-    ``limits`` (:func:`zpe_core.namelists.engine_namelists`, ``InputError`` if the spec
+    ``limits`` (:func:`zpe_core.physics.namelists.engine_namelists`, ``InputError`` if the spec
     holds anything else); strings are wrapped so ASE writes them with Fortran quoting.
     ``conv_thr`` is tightened by ``SCF_CONV_THR_FACTOR``.
 

@@ -44,8 +44,7 @@ from zpe_core.errors import (
     StoreConflict,
     StoreUnavailable,
 )
-from zpe_core.metrics import count_store_error
-from zpe_core.models import (
+from zpe_core.jobs.models import (
     DEFAULT_TARGET,
     AttemptRecord,
     ErrorInfo,
@@ -58,6 +57,7 @@ from zpe_core.models import (
     Versioned,
     now,
 )
+from zpe_core.observability.metrics import count_store_error
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -19,7 +19,7 @@ from zpe_api.compute_schemas import (
     SwitchesView,
 )
 from zpe_api.deps import AdminDep, CoordinatorDep, RegistryDep, StoreDep
-from zpe_core.compute_servers import ComputeRegistry, Switch
+from zpe_core.control.compute_servers import ComputeRegistry, Switch
 
 router = APIRouter(prefix="/calc/zpe/admin", tags=["admin"])
 

@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field
 
 from zpe_api.deps import AdminDep, StoreDep
 from zpe_api.problems import problem_responses
-from zpe_core.api_keys import OWNER_PATTERN, ApiKey, ApiKeyRegistry
+from zpe_core.control.api_keys import OWNER_PATTERN, ApiKey, ApiKeyRegistry
 
 router = APIRouter(
     prefix="/calc/zpe/admin/api-keys",

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Depends
 
 from zpe_api.deps import SettingsDep, poll_limit
 from zpe_api.problems import problem_responses
-from zpe_core.models import JobRequest
-from zpe_core.preview import ClientConfig, InputPreview, client_config, preview_request
+from zpe_core.jobs.models import JobRequest
+from zpe_core.physics.preview import ClientConfig, InputPreview, client_config, preview_request
 
 # Part of the user API: the caller is identified as for jobs (in ``ZPE_AUTH_MODE=api-keys``
 # anonymous callers get 401, and a forged or revoked key is refused in every mode), and

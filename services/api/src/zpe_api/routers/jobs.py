@@ -16,10 +16,10 @@ from zpe_api.deps import (
 )
 from zpe_api.problems import problem_responses
 from zpe_api.schemas import JobCreated, JobList, JobStatus, TaskStates, job_links
-from zpe_core.artifacts import ARTIFACT_MEDIA_TYPES, ARTIFACT_NAMES
+from zpe_core.control.limits import check_active_jobs
 from zpe_core.errors import InputError
-from zpe_core.limits import check_active_jobs
-from zpe_core.models import JobRequest, now
+from zpe_core.jobs.models import JobRequest, now
+from zpe_core.physics.artifacts import ARTIFACT_MEDIA_TYPES, ARTIFACT_NAMES
 
 router = APIRouter(
     prefix="/calc/zpe", tags=["jobs"], responses=problem_responses(400, 401, 422, 503)

@@ -1,4 +1,4 @@
-"""``GET /metrics``: Prometheus text format (see ``zpe_core.metrics`` for what is in it)."""
+"""``GET /metrics``: Prometheus text format (what is in it: ``zpe_core.observability.metrics``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from zpe_api.deps import AuthorizationHeader, bearer_token, get_app_settings, get_store
 from zpe_api.problems import problem_responses
-from zpe_core.metrics import CONTENT_TYPE_LATEST, MetricsExporter, check_metrics_token
+from zpe_core.observability.metrics import CONTENT_TYPE_LATEST, MetricsExporter, check_metrics_token
 
 router = APIRouter(tags=["health"])
 

@@ -26,6 +26,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from zpe_core.edge.tokens import (
+    digest_matches,
+    new_token,
+    secret_matches,
+    split_token,
+    token_digest,
+)
 from zpe_core.errors import (
     AlreadyExists,
     Forbidden,
@@ -34,10 +41,9 @@ from zpe_core.errors import (
     SwitchedOff,
     Unauthorized,
 )
-from zpe_core.models import DEFAULT_TARGET, now
+from zpe_core.jobs.models import DEFAULT_TARGET, now
 from zpe_core.settings import Settings
 from zpe_core.store.base import JobStore
-from zpe_core.tokens import digest_matches, new_token, secret_matches, split_token, token_digest
 
 ENROLL_PREFIX = "zpe_enroll_"
 WORKER_PREFIX = "zpe_worker_"
@@ -54,7 +60,7 @@ Switch = Literal["submission_enabled", "dequeue_enabled"]
 
 
 # ---------------------------------------------------------------------- token primitives
-# They live in ``zpe_core.tokens`` (shared with user API keys); re-exported here.
+# They live in ``zpe_core.edge.tokens`` (shared with user API keys); re-exported here.
 
 _new_token = new_token
 _split_token = split_token

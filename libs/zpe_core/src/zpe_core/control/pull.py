@@ -30,7 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from zpe_core.compute_servers import ComputeRegistry, ComputeServer
+from zpe_core.control.compute_servers import ComputeRegistry, ComputeServer
 from zpe_core.errors import (
     AlreadyExists,
     ErrorSource,
@@ -40,7 +40,7 @@ from zpe_core.errors import (
     StateConflict,
     ZpeError,
 )
-from zpe_core.models import (
+from zpe_core.jobs.models import (
     DEFAULT_TARGET,
     ErrorInfo,
     JobState,
@@ -49,8 +49,8 @@ from zpe_core.models import (
     TaskState,
     now,
 )
-from zpe_core.plan import is_reference
-from zpe_core.service import JobService
+from zpe_core.jobs.service import JobService
+from zpe_core.physics.plan import is_reference
 from zpe_core.store.base import StaleLease, queue_lane
 
 log = logging.getLogger("zpe.pull")

@@ -22,16 +22,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from zpe_core.analysis import Displacement, displaced_positions, displacements
 from zpe_core.errors import InputError
-from zpe_core.models import JobRequest, QeCalcSpec, StructureInfo, TaskRef, TaskSpec
-from zpe_core.namelists import role_of
-from zpe_core.qe_input import ParsedInput, check_species_labels
+from zpe_core.jobs.models import JobRequest, QeCalcSpec, StructureInfo, TaskRef, TaskSpec
+from zpe_core.physics.analysis import Displacement, displaced_positions, displacements
+from zpe_core.physics.namelists import role_of
+from zpe_core.physics.qe_input import ParsedInput, check_species_labels
 
 
 def engine_owned(section: str, key: str) -> bool:
     """Whether the qe engine sets ``key`` of ``&section`` itself (the table:
-    :data:`zpe_core.namelists.NAMELIST_KEYS`); owned keys are not in task keys
+    :data:`zpe_core.physics.namelists.NAMELIST_KEYS`); owned keys are not in task keys
     (``ibrav=1, celldm(1)=...`` and ``ibrav=0`` + ``CELL_PARAMETERS`` share a key)."""
     return role_of(section, key) == "owned"
 
@@ -151,7 +151,7 @@ def task_key(spec: TaskSpec) -> str:
     names and file digests) and the engine version. Not in the key: masses (only
     the job's Hessian uses them), keys that never reach pw.x (``owned`` ones the
     engine sets itself, ``dropped`` ones such as ``title`` or ``max_seconds``; see
-    :mod:`zpe_core.namelists`) and ``reference_key`` (the warm-start hint: a converged
+    :mod:`zpe_core.physics.namelists`) and ``reference_key`` (the warm-start hint: a converged
     SCF agrees with a cold one within ``conv_thr``, see docs/benchmarks.md).
     """
     material: dict[str, Any] = {

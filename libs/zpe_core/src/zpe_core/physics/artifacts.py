@@ -14,15 +14,15 @@ import numpy as np
 from ase import Atoms
 from ase.io.jsonio import encode as ase_json
 
-from zpe_core.analysis import (
+from zpe_core.jobs.models import Job
+from zpe_core.physics.analysis import (
     IMAGINARY_WARNING_CM,
     VibrationResult,
     partly_frozen_molecule,
     partly_frozen_note,
     rigid_body_overlaps,
 )
-from zpe_core.models import Job
-from zpe_core.thermochemistry import Thermochemistry, thermochemistry
+from zpe_core.physics.thermochemistry import Thermochemistry, thermochemistry
 
 EV_TO_KJMOL = 96.48533212331002
 ARTIFACT_NAMES = {

@@ -1,6 +1,6 @@
 """User API keys: issued and revoked by an admin, stored hashed.
 
-A key is ``zpe_key_<id>_<secret>`` (see ``zpe_core.tokens``); the store keeps
+A key is ``zpe_key_<id>_<secret>`` (see ``zpe_core.edge.tokens``); the store keeps
 only its digest, under the document ``api-keys/<id>``, with the owner it
 authenticates as, a label, and when it was created and revoked. Revocation
 takes effect on the next request: every request reads the record.
@@ -13,10 +13,10 @@ import secrets
 
 from pydantic import BaseModel
 
+from zpe_core.edge.tokens import digest_matches, new_token, split_token, token_digest
 from zpe_core.errors import AlreadyExists, NotFound, Unauthorized
-from zpe_core.models import now
+from zpe_core.jobs.models import now
 from zpe_core.store.base import JobStore
-from zpe_core.tokens import digest_matches, new_token, split_token, token_digest
 
 API_KEY_PREFIX = "zpe_key_"
 #: Owners are names such as ``alice``, ``team-7`` or ``alice@example.org``.

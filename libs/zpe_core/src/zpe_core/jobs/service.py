@@ -17,10 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from ase import Atoms
 
-from zpe_core import metrics
-from zpe_core.analysis import Displacement, analyze, displaced_positions, displacements
-from zpe_core.artifacts import ARTIFACT_NAMES, build_artifacts
-from zpe_core.compute_servers import ComputeRegistry
+from zpe_core.control.compute_servers import ComputeRegistry
 from zpe_core.dispatch.base import DispatchError, JobDispatcher
 from zpe_core.engines.base import MOCK_VERSION
 from zpe_core.errors import (
@@ -33,7 +30,7 @@ from zpe_core.errors import (
     StoreUnavailable,
     ZpeError,
 )
-from zpe_core.models import (
+from zpe_core.jobs.models import (
     DEFAULT_TARGET,
     DerivedPoint,
     DispatchRequest,
@@ -49,7 +46,10 @@ from zpe_core.models import (
     hill_formula,
     now,
 )
-from zpe_core.plan import (
+from zpe_core.observability import metrics
+from zpe_core.physics.analysis import Displacement, analyze, displaced_positions, displacements
+from zpe_core.physics.artifacts import ARTIFACT_NAMES, build_artifacts
+from zpe_core.physics.plan import (
     Plan,
     PlannedTask,
     build_plan,
@@ -61,10 +61,10 @@ from zpe_core.plan import (
     scoped_task_id,
     task_key,
 )
-from zpe_core.qe_input import parse_qe_input, select_mobile
+from zpe_core.physics.qe_input import parse_qe_input, select_mobile
+from zpe_core.physics.symmetry import broken_by_reference, rebuild_job_forces, select_points
 from zpe_core.settings import Settings
 from zpe_core.store.base import JobStore
-from zpe_core.symmetry import broken_by_reference, rebuild_job_forces, select_points
 
 log = logging.getLogger("zpe.service")
 

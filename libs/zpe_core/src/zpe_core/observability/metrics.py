@@ -34,9 +34,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from zpe_core.edge.tokens import secret_matches
 from zpe_core.errors import Unauthorized
-from zpe_core.models import JobState, Task, now
-from zpe_core.tokens import secret_matches
+from zpe_core.jobs.models import JobState, Task, now
 
 if TYPE_CHECKING:  # the store imports this module (to count its errors)
     from zpe_core.store.base import JobStore

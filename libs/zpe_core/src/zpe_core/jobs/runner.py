@@ -22,10 +22,10 @@ from typing import Protocol
 
 from zpe_core.engines import Engine, get_engine
 from zpe_core.errors import EngineError, InputError, StateConflict, ZpeError
-from zpe_core.logs import bind, log_context
-from zpe_core.models import ErrorInfo, Task, TaskResult, TaskSpec
-from zpe_core.namelists import recheck_task_spec, refused_spec
-from zpe_core.service import JobService
+from zpe_core.jobs.models import ErrorInfo, Task, TaskResult, TaskSpec
+from zpe_core.jobs.service import JobService
+from zpe_core.observability.logs import bind, log_context
+from zpe_core.physics.namelists import recheck_task_spec, refused_spec
 from zpe_core.settings import Settings
 from zpe_core.store.base import JobStore
 
@@ -105,7 +105,7 @@ def compute_task(
 ) -> TaskResult:
     """Run the engine for ``spec`` in a private scratch directory, removed after.
 
-    The spec is checked again first (:func:`~zpe_core.namelists.recheck_task_spec`:
+    The spec is checked again first (:func:`~zpe_core.physics.namelists.recheck_task_spec`:
     the store's record is not trusted). With ``densities``: fetch the reference's
     density first (displaced points) or share it after (the reference). Raises
     ``EngineError``; unexpected exceptions

@@ -32,7 +32,7 @@ from ase.data import chemical_symbols
 from ase.units import Bohr
 
 from zpe_core.errors import InputError, InputTooLarge
-from zpe_core.namelists import (
+from zpe_core.physics.namelists import (
     DROPPED_NAMELISTS,
     NAMELIST_KEYS,
     InputLimits,
@@ -47,7 +47,7 @@ MAX_INPUT_BYTES_DEFAULT = 1024 * 1024
 _ase_espresso: Any = _ase_espresso_module
 
 # Namelists pw.x knows that this service can pass on (FCP / RISM need extra machinery);
-# which keys of them reach pw.x is decided by zpe_core.namelists (one table).
+# which keys of them reach pw.x is decided by zpe_core.physics.namelists (one table).
 _KNOWN_NAMELISTS = (*NAMELIST_KEYS, *DROPPED_NAMELISTS)
 
 _CARDS_USED = ("ATOMIC_SPECIES", "ATOMIC_POSITIONS", "K_POINTS", "CELL_PARAMETERS")
@@ -106,7 +106,7 @@ def parse_qe_input(
     """Parse and validate a ``pw.x`` input; raise :class:`InputError` on any problem.
 
     ``limits`` caps the atoms, k-points and bounded namelist values (defaults:
-    :class:`~zpe_core.namelists.InputLimits`); they are checked before the atoms are built.
+    :class:`~zpe_core.physics.namelists.InputLimits`); they are checked before the atoms are built.
     """
     limits = limits or InputLimits()
     _check_text(text, max_bytes)
@@ -196,7 +196,7 @@ def force_scf(input_data: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str
     """Return a copy of the namelists turned into one SCF that prints forces.
 
     Keeps only the keys that reach pw.x as written (role ``passed`` in
-    :data:`~zpe_core.namelists.NAMELIST_KEYS`) and sets ``calculation = 'scf'``
+    :data:`~zpe_core.physics.namelists.NAMELIST_KEYS`) and sets ``calculation = 'scf'``
     and ``tprnfor = .true.``: what the service owns (scratch and pseudopotential
     locations, the lattice, which travels as atoms), output options, relaxation
     settings, ``max_seconds`` and the &IONS / &CELL namelists are dropped.

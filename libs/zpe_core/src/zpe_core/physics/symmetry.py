@@ -24,9 +24,9 @@ import numpy.typing as npt
 import spglib
 from ase import Atoms
 
-from zpe_core.analysis import Displacement, displacement_name
-from zpe_core.models import DerivedPoint, JobSymmetry, SymmetryOperation, TaskRef
-from zpe_core.plan import Plan
+from zpe_core.jobs.models import DerivedPoint, JobSymmetry, SymmetryOperation, TaskRef
+from zpe_core.physics.analysis import Displacement, displacement_name
+from zpe_core.physics.plan import Plan
 
 SYMPREC = 1e-5
 """spglib's distance tolerance in Å: input coordinates carry 6 decimals, so an exact

@@ -3,7 +3,7 @@
 Two kinds reach the service: the OIDC ID tokens Cloud Tasks attaches to push
 requests (RS256, Google's certificates; ``zpe_worker.auth``) and the assertions
 Identity-Aware Proxy signs for every request it lets through (ES256, IAP's
-keys; ``zpe_core.iap``). Both are checked by ``google.oauth2.id_token.verify_token``
+keys; ``zpe_core.edge.iap``). Both are checked by ``google.oauth2.id_token.verify_token``
 (signature, ``iat``/``exp`` with a small skew, ``aud``) against keys fetched
 from a certificates URL, cached for their ``Cache-Control`` max-age and
 refetched at most once a minute when a token names an unknown key id.

@@ -14,18 +14,18 @@ from typing import Literal, get_args
 from ase.neighborlist import neighbor_list
 from pydantic import BaseModel, Field
 
-from zpe_core.analysis import displacements, partly_frozen_molecule, partly_frozen_note
 from zpe_core.errors import InputError
-from zpe_core.models import JobRequest, hill_formula
-from zpe_core.namelists import PW_DEFAULT_CONV_THR_RY
-from zpe_core.qe_input import (
+from zpe_core.jobs.models import JobRequest, hill_formula
+from zpe_core.physics.analysis import displacements, partly_frozen_molecule, partly_frozen_note
+from zpe_core.physics.namelists import PW_DEFAULT_CONV_THR_RY
+from zpe_core.physics.qe_input import (
     ParsedInput,
     check_species_labels,
     parse_qe_input,
     select_mobile,
 )
+from zpe_core.physics.symmetry import plan_reduction
 from zpe_core.settings import Settings
-from zpe_core.symmetry import plan_reduction
 
 #: Atoms closer than this (Angstrom) are almost certainly a mistake (a duplicated line).
 OVERLAP_ANGSTROM = 0.5

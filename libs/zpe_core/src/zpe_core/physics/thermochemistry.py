@@ -19,7 +19,7 @@ from typing import Any, Literal
 from ase import Atoms, units
 from ase.thermochemistry import HarmonicThermo, IdealGasThermo
 
-from zpe_core.analysis import HC_EV_CM, VibrationResult
+from zpe_core.physics.analysis import HC_EV_CM, VibrationResult
 
 STANDARD_PRESSURE_PA = 101325.0
 """The request's default pressure (1 atm)."""

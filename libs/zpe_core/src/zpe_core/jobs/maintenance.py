@@ -14,7 +14,7 @@ import threading
 import time
 
 from zpe_core.errors import ZpeError
-from zpe_core.service import JobService
+from zpe_core.jobs.service import JobService
 
 log = logging.getLogger("zpe.maintenance")
 

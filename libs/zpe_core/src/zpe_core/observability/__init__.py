@@ -1,0 +1,1 @@
+"""JSON logs with request/job/task context and redaction; Prometheus metrics."""
