@@ -222,12 +222,13 @@ def test_partly_frozen_molecule_is_said_in_the_preview_and_the_result(client: Te
     assert preview.status_code == 200, preview.text
     body = preview.json()
     assert body["partly_frozen"] and "[0] are not mobile" in body["partly_frozen"]
-    assert {"code": "partly_frozen_molecule", "message": body["partly_frozen"]} in body["warnings"]
+    assert {"code": "partial_free_molecule", "message": body["partly_frozen"]} in body["warnings"]
     whole = client.post("/calc/zpe/parse", json={"input_text": text}).json()
     assert whole["partly_frozen"] is None
 
     _, result = _run(client, "nh3_zpe.in", mobile=[1, 2, 3])
     frozen = result["partly_frozen"]
+    assert frozen["code"] == "partial_free_molecule"
     assert frozen["frozen_indices"] == [0]
     assert "counted in the ZPE" in frozen["note"]
     assert frozen["rigid_like_modes"] and frozen["rigid_like_zpe_ev"] > 0.05

@@ -361,6 +361,10 @@ def _zero_rigid_modes(
     return [zeroed[i] for i in order], vectors[order]
 
 
+#: The warning code (parse preview and result) for :func:`partly_frozen_molecule`.
+PARTIAL_FREE_MOLECULE = "partial_free_molecule"
+
+
 def partly_frozen_molecule(natoms: int, fixed: Sequence[int], mobile: Sequence[int]) -> bool:
     """No atom is fixed in the input, yet some are left out of the mobile set."""
     return not fixed and 0 < len(set(mobile)) < natoms

@@ -17,6 +17,7 @@ from ase.io.jsonio import encode as ase_json
 from zpe_core.jobs.models import Job
 from zpe_core.physics.analysis import (
     IMAGINARY_WARNING_CM,
+    PARTIAL_FREE_MOLECULE,
     VibrationResult,
     partly_frozen_molecule,
     partly_frozen_note,
@@ -116,6 +117,7 @@ def _partly_frozen(job: Job, vib: VibrationResult, atoms: Atoms | None) -> dict[
     if not partly_frozen_molecule(s.natoms, s.fixed_indices, s.mobile_indices):
         return None
     out: dict[str, Any] = {
+        "code": PARTIAL_FREE_MOLECULE,
         "frozen_indices": sorted(set(range(s.natoms)) - set(s.mobile_indices)),
         "note": partly_frozen_note(s.natoms, s.mobile_indices),
     }

@@ -16,7 +16,12 @@ from pydantic import BaseModel, Field
 
 from zpe_core.errors import InputError
 from zpe_core.jobs.models import JobRequest, hill_formula
-from zpe_core.physics.analysis import displacements, partly_frozen_molecule, partly_frozen_note
+from zpe_core.physics.analysis import (
+    PARTIAL_FREE_MOLECULE,
+    displacements,
+    partly_frozen_molecule,
+    partly_frozen_note,
+)
 from zpe_core.physics.namelists import PW_DEFAULT_CONV_THR_RY
 from zpe_core.physics.qe_input import (
     ParsedInput,
@@ -166,7 +171,7 @@ def preview_request(request: JobRequest, settings: Settings) -> InputPreview:
         else None
     )
     if partly_frozen:
-        warnings.append(InputWarning(code="partly_frozen_molecule", message=partly_frozen))
+        warnings.append(InputWarning(code=PARTIAL_FREE_MOLECULE, message=partly_frozen))
     chosen = set(mobile)
     symbols = parsed.atoms.get_chemical_symbols()
     atoms = [
