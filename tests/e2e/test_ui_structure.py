@@ -9,6 +9,7 @@ the job; finished jobs can be compared; the phone layout has no horizontal scrol
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import ARTIFACTS, SAMPLES
-from tests.e2e.test_ui_browser import JOB_URL, paste
+from tests.e2e.test_ui_browser import JOB_URL, _fulfil_json, _status, _submit_and_wait, paste
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -25,6 +26,12 @@ pytestmark = pytest.mark.slow
 
 H2 = (SAMPLES / "h2_zpe.in").read_text()
 SLAB = (SAMPLES / "cu_slab_co.in").read_text()
+PHONE = {"width": 390, "height": 844}
+# A label as long as the API allows, in one unbreakable word: it must wrap, not widen the page.
+LONG_LABEL = "CO-on-Cu(100)_top-site_2x2_ecutwfc50_k221_" + "x" * 150
+NO_SIDEWAYS_SCROLL = (
+    "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+)
 
 
 def drawn_pixels(page: Page) -> int:
@@ -38,6 +45,24 @@ def drawn_pixels(page: Page) -> int:
             const d = Math.abs(data[i] - 0xf7) + Math.abs(data[i + 1] - 0xf8)
               + Math.abs(data[i + 2] - 0xfa);
             if (d > 30) n++;
+          }
+          return n;
+        }"""
+    )
+    return count
+
+
+def ring_pixels(page: Page) -> int:
+    """Pixels of the structure canvas in the red (#dc2626) of the ring around overlapping atoms."""
+    count: int = page.evaluate(
+        """() => {
+          const c = document.getElementById('structure-view');
+          const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+          let n = 0;
+          for (let i = 0; i < data.length; i += 4) {
+            const d = Math.abs(data[i] - 0xdc) + Math.abs(data[i + 1] - 0x26)
+              + Math.abs(data[i + 2] - 0x26);
+            if (d < 40) n++;
           }
           return n;
         }"""
@@ -84,7 +109,9 @@ def test_canvas_is_drawn_and_clicking_an_atom_changes_what_is_submitted(
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.go_back()
     page.locator("#atoms-table input.mobile").first.wait_for()
-    page.screenshot(path=str(ARTIFACTS / "ui-submit.png"), full_page=True)
+    shot = ARTIFACTS / "ui-submit.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
 
 
 def test_ticks_survive_an_edit_and_a_lost_choice_is_said(page: Page) -> None:
@@ -185,33 +212,164 @@ def test_warnings_appear_before_submission(
     item = page.locator(f"#warnings li[data-code='{code}']")
     item.wait_for()
     assert item.inner_text().strip()
+    if code == "atoms_overlap":  # both atoms visible at once: ringed in red on the canvas
+        page.wait_for_function(
+            "() => document.getElementById('structure-view').zpeViewer.overlaps().length === 2"
+        )
+        assert ring_pixels(page) > 50
 
 
-@pytest.mark.parametrize("where", ["submit", "job", "jobs"])
-def test_phone_layout_has_no_horizontal_scroll(browser: Browser, api_url: str, where: str) -> None:
-    context = browser.new_context(base_url=api_url, viewport={"width": 390, "height": 844})
+def test_overlapping_atoms_are_ringed_only_when_they_overlap(page: Page) -> None:
+    paste(page, H2)
+    page.locator("#atoms-table input.mobile").first.wait_for()
+    assert drawn_pixels(page) > 500
+    assert ring_pixels(page) == 0
+    assert page.locator("#warnings li").count() == 0
+
+
+def test_a_partly_frozen_free_molecule_is_warned_before_submission(page: Page) -> None:
+    """The warning depends on the ticks, so it must follow them, not only the text."""
+    paste(page, H2)
+    page.select_option("#engine", "mock")
+    page.locator("#atoms-table input.mobile").first.wait_for()
+    item = page.locator("#warnings li[data-code='partial_free_molecule']")
+    page.wait_for_function("() => !document.getElementById('submit-button').disabled")
+    assert item.count() == 0
+    click_atom(page, 1)  # H2 with one H frozen: no atom is fixed in the input
+    assert checked(page) == [True, False]
+    item.wait_for()
+    assert "[1] are not mobile" in item.inner_text()
+    page.locator("#atoms-table input.mobile").nth(1).check()
+    item.wait_for(state="detached")
+
+
+@pytest.fixture(scope="module")
+def finished_slab(api_url: str) -> str:
+    """A finished job on the slab (imaginary modes, thermochemistry) with a very long label."""
+    return _submit_and_wait(api_url, "cu_slab_co.in", mobile=[8, 9], label=LONG_LABEL)
+
+
+@pytest.fixture
+def phone(browser: Browser, api_url: str) -> Iterator[Page]:
+    """A 390 px wide page; an uncaught script error fails the test."""
+    context = browser.new_context(base_url=api_url, viewport=PHONE)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        yield page
+    finally:
+        context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+def within_the_window(page: Page, selector: str) -> bool:
+    box = page.locator(selector).bounding_box()
+    assert box is not None, f"{selector} is not shown"
+    return box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"] and box["width"] > 0
+
+
+@pytest.mark.parametrize("where", ["submit", "job", "jobs", "failed"])
+def test_phone_layout_has_no_horizontal_scroll(
+    phone: Page, api_url: str, finished_slab: str, where: str
+) -> None:
+    if where == "submit":
+        phone.goto("/")
+        phone.fill("#label", LONG_LABEL)
+        phone.fill("#input-text", SLAB)
+        phone.locator("#atoms-table input.mobile").first.wait_for()
+    elif where == "job":
+        phone.goto(f"/jobs/{finished_slab}")
+        phone.locator("#result").wait_for(state="visible")
+        phone.locator("#thermo-plot path.curve").wait_for()
+        assert LONG_LABEL in phone.inner_text("h1")
+    elif where == "jobs":
+        phone.goto("/jobs")
+        row = f"#jobs-table tr[data-job-id='{finished_slab}']"
+        phone.locator(row).wait_for()
+        # The list shows the state and the ZPE in the window, not behind a sideways scroll.
+        for cell in ("td.state .badge", "td.zpe"):
+            assert within_the_window(phone, f"{row} {cell}"), f"{cell} is outside the window"
+        assert phone.inner_text(f"{row} td.state") == "done"
+        zpe = httpx.get(f"{api_url}/calc/zpe/jobs/{finished_slab}/result").json()["zpe_ev"]
+        assert f"{zpe:.6f}" in phone.inner_text(f"{row} td.zpe")
+        inner = phone.evaluate(
+            "() => { const w = document.querySelector('#jobs-table').closest('.table-wrap');"
+            " return w.scrollWidth - w.clientWidth; }"
+        )
+        assert inner <= 0, f"the job list scrolls sideways inside its box by {inner} px"
+    else:  # a failed job whose message is one long unbreakable line
+        job_id = "jscriptedlongfail"
+        error = {
+            "code": "engine_failed",
+            "message": "pw.x stopped: /scratch/" + "very_long_directory_name/" * 12 + "pw.out",
+            "source": "compute",
+            "detail": "last lines of the output\n" + "=" * 400,
+            "retryable": False,
+        }
+        phone.route(
+            f"**/calc/zpe/jobs/{job_id}",
+            lambda r: _fulfil_json(r, _status(job_id, "failed", 4, error=error), ETag='"f"'),
+        )
+        phone.route(f"**/calc/zpe/jobs/{job_id}/tasks", lambda r: _fulfil_json(r, {"states": {}}))
+        phone.goto(f"/jobs/{job_id}")
+        phone.locator("#state", has_text="failed").wait_for()
+        phone.click("#error-detail summary")
+        phone.locator("#error-detail-text").wait_for(state="visible")
+    overflow = phone.evaluate(NO_SIDEWAYS_SCROLL)
+    assert overflow <= 0, f"{where} page scrolls sideways by {overflow} px at 390 px"
+    if where == "job":
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "ui-job-phone.png"
+        phone.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+
+
+PLOT_TEXT = """(id) => {
+  const plot = document.getElementById(id);
+  const box = plot.getBoundingClientRect();
+  const texts = Array.from(plot.querySelectorAll('text'), (t) => {
+    const r = t.getBoundingClientRect();
+    return { text: t.textContent, tick: t.classList.contains('tick-label'),
+             left: r.left, right: r.right, top: r.top, bottom: r.bottom, height: r.height };
+  });
+  return { box: { left: box.left, right: box.right, top: box.top, bottom: box.bottom }, texts };
+}"""
+
+
+@pytest.mark.parametrize("width", [390, 1100])
+@pytest.mark.parametrize("sample", ["cu_slab_co.in", "h2o_zpe.in"])
+def test_the_plots_stay_legible_on_a_phone(
+    browser: Browser, api_url: str, finished_slab: str, sample: str, width: int
+) -> None:
+    """Tick labels keep their size, do not overlap and stay inside the plot at any width."""
+    job_id = finished_slab if sample == "cu_slab_co.in" else _submit_and_wait(api_url, sample)
+    context = browser.new_context(base_url=api_url, viewport={"width": width, "height": 900})
     page = context.new_page()
     try:
-        job = httpx.post(
-            f"{api_url}/calc/zpe/jobs",
-            json={"input_text": SLAB, "engine": "mock", "label": "phone layout check"},
-        ).json()
-        url = {"submit": "/", "job": f"/jobs/{job['job_id']}", "jobs": "/jobs"}[where]
-        page.goto(url)
-        if where == "submit":
-            page.fill("#input-text", SLAB)
-            page.locator("#atoms-table input.mobile").first.wait_for()
-        elif where == "job":
-            page.locator("#state", has_text="done").wait_for(timeout=60_000)
-        else:
-            page.locator("#jobs-table tbody tr").first.wait_for()
-        overflow = page.evaluate(
-            "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
-        )
-        assert overflow <= 0, f"{where} page scrolls sideways by {overflow} px at 390 px"
-        if where == "job":
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "ui-job-phone.png"), full_page=True)
+        page.goto(f"/jobs/{job_id}")
+        page.locator("#result").wait_for(state="visible")
+        page.locator("#thermo-plot path.curve").wait_for()
+        page.locator("#spectrum text.tick-label").first.wait_for()
+        for plot in ("spectrum", "thermo-plot"):
+            drawn: dict[str, Any] = page.evaluate(PLOT_TEXT, plot)
+            box, texts = drawn["box"], drawn["texts"]
+            ticks = [t for t in texts if t["tick"]]
+            assert len(ticks) >= 4, (plot, ticks)
+            for t in texts:
+                assert t["height"] >= 11, f"{plot}: {t['text']!r} is {t['height']:.1f} px tall"
+                assert box["left"] <= t["left"] and t["right"] <= box["right"] + 0.5, (plot, t)
+                assert box["top"] <= t["top"] and t["bottom"] <= box["bottom"] + 0.5, (plot, t)
+            for a, b in itertools.combinations(ticks, 2):
+                apart = (
+                    a["right"] + 1 <= b["left"] or b["right"] + 1 <= a["left"]
+                    or a["bottom"] <= b["top"] or b["bottom"] <= a["top"]
+                )  # fmt: skip
+                assert apart, f"{plot}: tick labels {a['text']!r} and {b['text']!r} overlap"
+            if plot == "spectrum":  # imaginary sticks: a labelled tick on the negative side
+                assert page.locator("#spectrum line.imag-stick").count() > 0
+                negative = [t["text"] for t in ticks if t["text"].endswith("i")]
+                assert negative and all(n != "0i" for n in negative), negative
     finally:
         context.close()
 
@@ -269,7 +427,9 @@ def test_a_mode_animates_on_the_job_page(page: Page, api_url: str) -> None:
     assert page.evaluate("document.getElementById('mode-view').zpeViewer.animating")
     assert "cm⁻¹" in page.inner_text("#mode-caption")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "ui-mode-animating.png"), full_page=True)
+    shot = ARTIFACTS / "ui-mode-animating.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
 
 
 def test_a_too_large_paste_says_its_size_in_mb(page: Page) -> None:

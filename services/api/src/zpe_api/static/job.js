@@ -159,7 +159,8 @@
     $("engine").textContent = s.engine;
     $("formula").textContent = s.formula;
     $("job-label").textContent = s.label || "–";
-    $("parameters").textContent = `δ = ${s.delta} Å, nfree = ${s.nfree}, T = ${s.temperature} K`;
+    // No-break spaces: a value never splits from its unit on a narrow screen.
+    $("parameters").textContent = `δ = ${s.delta}\u00a0Å, nfree = ${s.nfree}, T = ${s.temperature}\u00a0K`;
     $("job-title").textContent = s.label ? `${s.label} (${s.formula})` : `${s.formula} job`;
     document.title = `${s.label || s.formula} · ${s.state} · ZPE job ${jobId.slice(0, 8)}`;
     $("mobile").textContent =
@@ -310,7 +311,7 @@
     const rows = (THERMO_ROWS[t.model] || []).map(([label, key, unit, digits]) =>
       el("tr", { "data-key": key },
         el("th", { scope: "row" }, label),
-        el("td", { class: "num" }, `${fixed(t[key], digits)} ${unit}`))
+        el("td", { class: "num" }, `${fixed(t[key], digits)}\u00a0${unit}`))
     );
     $("thermo-table").querySelector("tbody").replaceChildren(...rows);
     $("thermo-plot-what").textContent = gas ? "The Gibbs energy G(T)" : "The Helmholtz energy F(T)";
@@ -333,15 +334,45 @@
     });
   }
 
+  // The plots are drawn in CSS pixels of their box (redrawn when it changes size), so
+  // their text keeps its size on a phone instead of shrinking with a fixed viewBox.
+  const TICK_SPACING_PX = 64; // between tick labels along x: "1000" is about 30 px wide
+  const plots = new Map(); // plot id -> () => redraw
+
+  function drawWhenSized(id, draw) {
+    const plot = $(id);
+    plots.set(id, draw);
+    draw(plot);
+    if (window.ResizeObserver && !plot.dataset.observed) {
+      plot.dataset.observed = "1";
+      let width = null;
+      new ResizeObserver(() => {
+        const now = Math.round(plot.getBoundingClientRect().width);
+        if (now > 0 && now !== width) {
+          width = now;
+          plots.get(id)(plot);
+        }
+      }).observe(plot);
+    }
+  }
+
+  /** The width to draw a plot at: its box in CSS pixels (720 while it is not laid out). */
+  function plotWidth(plot) {
+    const width = Math.round(plot.getBoundingClientRect().width);
+    return width > 0 ? Math.max(240, width) : 720;
+  }
+
   /** A line plot of one column of thermo.csv against T, drawn by hand in SVG. */
   function drawThermo(rows, column, t) {
-    const plot = $("thermo-plot");
-    const W = 720;
-    const H = 260;
-    const left = 90;
-    const right = 20;
-    const top = 16;
-    const bottom = 210;
+    drawWhenSized("thermo-plot", (plot) => drawThermoAt(plot, rows, column, t));
+  }
+
+  function drawThermoAt(plot, rows, column, t) {
+    const W = plotWidth(plot);
+    const H = 250;
+    const right = 16;
+    const top = 14;
+    const bottom = H - 46;
     const points = rows.filter((r) => Number.isFinite(r.temperature_k) && Number.isFinite(r[column]));
     if (points.length < 2) return;
     const ts = points.map((r) => r.temperature_k);
@@ -349,23 +380,28 @@
     const [tmin, tmax] = [Math.min(...ts), Math.max(...ts)];
     const [ymin, ymax] = [Math.min(...ys), Math.max(...ys)];
     const span = ymax - ymin || 1;
+    const yStep = niceStep(span, Math.max(3, Math.floor((bottom - top) / 34)));
+    const yDigits = Math.max(0, -Math.floor(Math.log10(yStep)));
+    const yTicks = [];
+    for (let v = Math.ceil(ymin / yStep) * yStep; v <= ymax + 1e-12; v += yStep) yTicks.push(v);
+    const yLabels = yTicks.map((v) => v.toFixed(yDigits));
+    // Room for the longest y label (about 7 px a character at 12 px) and the axis title.
+    const left = 36 + 7 * Math.max(...yLabels.map((l) => l.length));
     const x = (v) => left + ((v - tmin) / (tmax - tmin)) * (W - left - right);
     const y = (v) => bottom - ((v - ymin) / span) * (bottom - top);
     const parts = [
       svg("line", { class: "axis", x1: left, x2: W - right, y1: bottom, y2: bottom }),
       svg("line", { class: "axis", x1: left, x2: left, y1: top, y2: bottom }),
     ];
-    const tStep = niceStep(tmax - tmin);
+    const tStep = niceStep(tmax - tmin, Math.max(2, Math.floor((W - left - right) / TICK_SPACING_PX)));
     for (let v = Math.ceil(tmin / tStep) * tStep; v <= tmax + 1e-9; v += tStep) {
       parts.push(svg("line", { class: "tick", x1: x(v), x2: x(v), y1: bottom, y2: bottom + 5 }));
-      parts.push(svg("text", { class: "tick-label", x: x(v), y: bottom + 18, "text-anchor": "middle", text: String(Math.round(v)) }));
+      parts.push(svg("text", { class: "tick-label", x: x(v), y: bottom + 19, "text-anchor": "middle", text: String(Math.round(v)) }));
     }
-    const yStep = niceStep(span);
-    const yDigits = Math.max(0, -Math.floor(Math.log10(yStep)));
-    for (let v = Math.ceil(ymin / yStep) * yStep; v <= ymax + 1e-12; v += yStep) {
+    yTicks.forEach((v, i) => {
       parts.push(svg("line", { class: "tick", x1: left - 5, x2: left, y1: y(v), y2: y(v) }));
-      parts.push(svg("text", { class: "tick-label", x: left - 8, y: y(v) + 4, "text-anchor": "end", text: v.toFixed(yDigits) }));
-    }
+      parts.push(svg("text", { class: "tick-label", x: left - 8, y: y(v) + 4, "text-anchor": "end", text: yLabels[i] }));
+    });
     parts.push(svg("text", { class: "axis-title", x: (left + W - right) / 2, y: H - 8, "text-anchor": "middle", text: "temperature (K)" }));
     parts.push(svg("text", { class: "axis-title", x: 14, y: (top + bottom) / 2, "text-anchor": "middle", transform: `rotate(-90 14 ${(top + bottom) / 2})`, text: `${column === "gibbs_energy_ev" ? "G" : "F"} (eV)` }));
     const path = points.map((r, i) => `${i ? "L" : "M"}${x(r.temperature_k).toFixed(2)},${y(r[column]).toFixed(2)}`).join(" ");
@@ -393,40 +429,54 @@
     return new Set(byMagnitude.slice(0, r.excluded_modes || 0).map((m) => m.index));
   }
 
-  function niceStep(span) {
-    const raw = span / 6;
+  /** A round step (1, 2 or 5 times a power of ten) that cuts ``span`` into at most ``count`` parts. */
+  function niceStep(span, count) {
+    const raw = span / count;
     const power = 10 ** Math.floor(Math.log10(raw));
     const unit = [1, 2, 5, 10].find((m) => m * power >= raw) || 10;
     return unit * power;
   }
 
+  /** ``value`` rounded down to two significant digits (a tick label that stays inside the axis). */
+  function roundDown(value) {
+    const power = 10 ** (Math.floor(Math.log10(value)) - 1);
+    return Math.floor(value / power) * power;
+  }
+
   /** A stick spectrum: one line per mode, drawn by hand in SVG. */
   function drawSpectrum(modes, rigid) {
-    const plot = $("spectrum");
-    const W = 720;
-    const H = 230;
-    const left = 20;
-    const right = 20;
-    const top = 16;
-    const baseline = 180;
+    drawWhenSized("spectrum", (plot) => drawSpectrumAt(plot, modes, rigid));
+  }
+
+  function drawSpectrumAt(plot, modes, rigid) {
+    const W = plotWidth(plot);
+    const H = 220;
+    const left = 18;
+    const right = 18;
+    const top = 18;
+    const baseline = H - 46;
+    const width = W - left - right;
     const real = modes.filter((m) => !m.imaginary);
     const imag = modes.filter((m) => m.imaginary);
     const maxReal = Math.max(100, ...real.map((m) => m.frequency_cm));
     const maxImag = imag.length ? Math.max(...imag.map((m) => Math.abs(m.frequency_cm))) : 0;
-    const step = niceStep(maxReal + maxImag);
+    const step = niceStep(maxReal * 1.04, Math.max(2, Math.floor(width / TICK_SPACING_PX)));
     const xmax = Math.ceil((maxReal * 1.04) / step) * step;
-    const xmin = imag.length ? -Math.max(maxImag * 1.04, xmax * 0.03) : 0;
-    const x = (nu) => left + ((nu - xmin) / (xmax - xmin)) * (W - left - right);
-    const parts = [svg("line", { class: "axis", x1: left, x2: W - right, y1: baseline, y2: baseline })];
-    for (let t = Math.ceil(xmin / step) * step; t <= xmax + 1e-9; t += step) {
-      parts.push(svg("line", { class: "tick", x1: x(t), x2: x(t), y1: baseline, y2: baseline + 5 }));
-      parts.push(svg("text", { class: "tick-label", x: x(t), y: baseline + 18, "text-anchor": "middle", text: String(Math.round(t)) }));
-    }
-    if (imag.length && Math.ceil(xmin / step) * step >= 0) {
+    // The imaginary side gets at least NEGATIVE_PX, so its tick label clears the one at 0.
+    const NEGATIVE_PX = 46;
+    const xmin = imag.length ? -Math.max(maxImag * 1.04, (xmax * NEGATIVE_PX) / (width - NEGATIVE_PX)) : 0;
+    const x = (nu) => left + ((nu - xmin) / (xmax - xmin)) * width;
+    const label = (t) => (t < 0 ? `${Math.abs(Math.round(t))}i` : String(Math.round(t)));
+    const ticks = [];
+    for (let t = Math.ceil(xmin / step) * step; t <= xmax + 1e-9; t += step) ticks.push(t);
+    if (imag.length && ticks[0] >= 0) {
       // The imaginary side is narrower than one step: still give it a labelled tick.
-      const t = -Math.round(maxImag);
+      ticks.unshift(-xmin >= 10 ? -roundDown(-xmin) : -Math.floor(-xmin));
+    }
+    const parts = [svg("line", { class: "axis", x1: left, x2: W - right, y1: baseline, y2: baseline })];
+    for (const t of ticks) {
       parts.push(svg("line", { class: "tick", x1: x(t), x2: x(t), y1: baseline, y2: baseline + 5 }));
-      parts.push(svg("text", { class: "tick-label neg", x: x(t), y: baseline + 18, "text-anchor": "middle", text: `${Math.abs(t)}i` }));
+      parts.push(svg("text", { class: t < 0 ? "tick-label neg" : "tick-label", x: x(t), y: baseline + 19, "text-anchor": "middle", text: label(t) }));
     }
     parts.push(svg("text", { class: "axis-title", x: W / 2, y: H - 6, "text-anchor": "middle", text: "wavenumber (cm⁻¹)" }));
     // Degenerate modes (within 1 cm⁻¹ of each other) share a stick: say how many.

@@ -55,15 +55,17 @@
         return el(
           "tr",
           { class: "job", "data-job-id": job.job_id },
-          el("td", {}, box),
-          el("td", {}, Z.localTime(job.created_at)),
-          el("td", {}, link),
+          // The classes place the cells on a phone, where each row becomes a small card
+          // (style.css); data-label names a value there, as the hidden header would.
+          el("td", { class: "pick" }, box),
+          el("td", { class: "when" }, Z.localTime(job.created_at)),
+          el("td", { class: "job" }, link),
           el("td", { class: "formula" }, job.formula),
-          el("td", {}, el("span", { class: `badge ${job.state}` }, job.state)),
-          el("td", { class: "num" }, `${job.progress.done} / ${job.progress.total}`),
-          el("td", {}, job.engine),
-          el("td", { class: "num zpe" }, summary ? Z.fixed(summary.zpe_ev, 6) : "–"),
-          el("td", { class: "num" }, summary ? String(summary.n_imaginary) : "–")
+          el("td", { class: "state" }, el("span", { class: `badge ${job.state}` }, job.state)),
+          el("td", { class: "num tasks", "data-label": "tasks" }, `${job.progress.done} / ${job.progress.total}`),
+          el("td", { class: "engine" }, job.engine),
+          el("td", { class: "num zpe", "data-label": "ZPE (eV)" }, summary ? Z.fixed(summary.zpe_ev, 6) : "–"),
+          el("td", { class: "num imaginary", "data-label": "imaginary" }, summary ? String(summary.n_imaginary) : "–")
         );
       })
     );

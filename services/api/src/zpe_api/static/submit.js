@@ -41,7 +41,9 @@
   // edits of the text for atoms that still exist (same index, same element, not fixed).
   let choice = null; // Map index -> {element, mobile}, or null before the first parse
   let pendingMobile = null; // the mobile set of a job being edited, applied at the first parse
-  let counts = null; // SCF counts of the server's plan for one selection: { key, tasks, symmetric, spacegroup }
+  // The server's view of one selection: its SCF counts and its warnings (some, such as a
+  // partly frozen free molecule, depend on the ticks): { key, tasks, symmetric, spacegroup, warnings }
+  let counts = null;
   let countKeyPending = null;
   let countTimer = null;
 
@@ -160,9 +162,7 @@
       ["ecutwfc / ecutrho", cutoffs],
     ];
     facts.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
-    warnings.replaceChildren(
-      ...p.warnings.map((w) => el("li", { "data-code": w.code }, w.message))
-    );
+    showWarnings(p.warnings);
 
     atomsBody.replaceChildren(
       ...p.atoms.map((atom) => {
@@ -253,50 +253,65 @@
     );
   }
 
-  /** What the SCF count depends on besides the text. */
-  function countKey() {
-    return JSON.stringify([parsedText, selectedMobile(), Number(nfreeSelect.value), symmetrySelect.value]);
+  /** The parse warnings, one item per code; redrawn only when they change. */
+  function showWarnings(list) {
+    const shown = JSON.stringify(list.map((w) => [w.code, w.message]));
+    if (warnings.dataset.shown === shown) return;
+    warnings.dataset.shown = shown;
+    warnings.replaceChildren(...list.map((w) => el("li", { "data-code": w.code }, w.message)));
   }
 
-  /** Ask the server how many SCFs the selection costs with symmetry (the plan is the server's). */
+  /** The request a selection is checked with: the parsed text, the options, the ticks. */
+  function selectionBody() {
+    return { ...parseBody(parsedText), mobile: selectedMobile(), symmetry: symmetrySelect.value };
+  }
+
+  /** What the server's view of the selection depends on. */
+  function countKey() {
+    return JSON.stringify(selectionBody());
+  }
+
+  /** The server's view of the current selection, or null while it is asked (the plan is the server's). */
+  function selectionView() {
+    const key = countKey();
+    if (counts && counts.key === key) return counts;
+    if (countKeyPending !== key) {
+      countKeyPending = key;
+      clearTimeout(countTimer);
+      countTimer = setTimeout(() => fetchCounts(key), 150);
+    }
+    return null;
+  }
+
+  /** Ask the server what the selection costs with symmetry and what it warns about. */
   async function fetchCounts(key) {
-    const mobile = selectedMobile();
     try {
-      const result = await api("/parse", {
-        method: "POST",
-        json: {
-          input_text: parsedText,
-          mobile,
-          nfree: Number(nfreeSelect.value),
-          symmetry: symmetrySelect.value,
-        },
-      });
+      const result = await api("/parse", { method: "POST", json: selectionBody() });
       if (key !== countKey()) return;
-      counts = { key, tasks: result.tasks, symmetric: result.tasks_symmetric, spacegroup: result.spacegroup };
+      counts = {
+        key,
+        tasks: result.tasks,
+        symmetric: result.tasks_symmetric,
+        spacegroup: result.spacegroup,
+        warnings: result.warnings,
+      };
     } catch (error) {
       if (key !== countKey()) return;
-      counts = null; // the selection itself is reported by formProblem()
+      // The selection itself is reported by formProblem(); remembered so it is not asked again.
+      counts = { key, tasks: null, symmetric: null, spacegroup: null, warnings: null };
     } finally {
       if (countKeyPending === key) countKeyPending = null;
     }
     updateSummary();
   }
 
-  function symmetryText(tasks) {
+  function symmetryText(tasks, view) {
     if (symmetrySelect.value === "off") return " (symmetry off).";
-    const key = countKey();
-    if (counts && counts.key === key) {
-      const group = counts.spacegroup ? `, ${counts.spacegroup}` : "";
-      return counts.symmetric === tasks
-        ? ` (symmetry saves none${group}).`
-        : ` without symmetry, ${counts.symmetric} with it${group}.`;
-    }
-    if (countKeyPending !== key) {
-      countKeyPending = key;
-      clearTimeout(countTimer);
-      countTimer = setTimeout(() => fetchCounts(key), 150);
-    }
-    return ".";
+    if (!view || view.symmetric === null) return ".";
+    const group = view.spacegroup ? `, ${view.spacegroup}` : "";
+    return view.symmetric === tasks
+      ? ` (symmetry saves none${group}).`
+      : ` without symmetry, ${view.symmetric} with it${group}.`;
   }
 
   /** Count the selection, show how many SCF tasks it costs and whether it can be submitted. */
@@ -314,9 +329,11 @@
     const nfree = Number(nfreeSelect.value);
     const tasks = mobile.length ? 1 + 3 * nfree * mobile.length : 0;
     const free = mobile.length === preview.natoms && preview.atoms.every((a) => !a.fixed && !a.partially_fixed);
+    const view = mobile.length ? selectionView() : null;
+    if (view && view.warnings) showWarnings(view.warnings);
     mobileSummary.textContent =
       `${mobile.length} mobile atom${mobile.length === 1 ? "" : "s"} → ${tasks} SCF calculations` +
-      (mobile.length ? symmetryText(tasks) : ".") +
+      (mobile.length ? symmetryText(tasks, view) : ".") +
       " " +
       (free
         ? "Free molecule: the translations and rotations are left out of the ZPE."
