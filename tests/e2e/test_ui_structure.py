@@ -290,6 +290,18 @@ def test_phone_layout_has_no_horizontal_scroll(
         phone.locator("#result").wait_for(state="visible")
         phone.locator("#thermo-plot path.curve").wait_for()
         assert LONG_LABEL in phone.inner_text("h1")
+        # A value and its unit stay on one line (the thermochemistry cells, the ZPE headline).
+        split: list[str] = phone.evaluate(
+            """() => Array.from(document.querySelectorAll('#thermo-table td, .headline .value'))
+              .filter((cell) => {
+                const range = document.createRange();
+                range.selectNodeContents(cell);
+                const tops = Array.from(range.getClientRects(), (r) => Math.round(r.top));
+                return new Set(tops).size > 1;
+              })
+              .map((cell) => cell.textContent)"""
+        )
+        assert split == [], f"split from their units at 390 px: {split}"
     elif where == "jobs":
         phone.goto("/jobs")
         row = f"#jobs-table tr[data-job-id='{finished_slab}']"
