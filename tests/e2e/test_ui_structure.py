@@ -3,7 +3,8 @@
 The structure is drawn on a canvas and clicking an atom changes the mobile set that is
 submitted; the user's ticks survive an edit of the text; Back restores the form; a
 refused upload leaves nothing to submit; the parse warnings appear; the job page names
-the job; finished jobs can be compared; the phone layout has no horizontal scroll.
+the job; finished jobs can be compared; the phone layout (390 px) has no horizontal scroll,
+the job list shows state and ZPE there, and the plots' labels keep their size and do not overlap.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tests.e2e.conftest import ARTIFACTS, SAMPLES
 from tests.e2e.test_ui_browser import JOB_URL, _fulfil_json, _status, _submit_and_wait, paste
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, Page, Route
 
 pytestmark = pytest.mark.slow
 
@@ -162,6 +163,25 @@ def test_back_restores_the_form(page: Page) -> None:
     assert page.input_value("#engine") == "mock"
     assert page.input_value("#label") == "restored?"
     assert checked(page) == [True, False]
+
+
+def test_values_typed_before_the_options_arrive_are_kept(page: Page) -> None:
+    """The server's defaults fill only the fields the user has not touched yet."""
+    held: list[Route] = []
+    page.route("**/calc/zpe/config", lambda route: held.append(route))  # answered later
+    page.goto("/")
+    page.fill("#delta", "0.05")
+    page.select_option("#nfree", "4")
+    for _ in range(200):  # until the held request has reached the handler
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert len(held) == 1
+    held[0].continue_()
+    page.wait_for_function("() => document.getElementById('engine').options.length > 0")
+    assert page.input_value("#delta") == "0.05"
+    assert page.input_value("#nfree") == "4"
+    assert page.input_value("#temperature") == "298.15"  # untouched: the server's default
 
 
 def test_edit_and_resubmit_prefills_everything(page: Page, api_url: str) -> None:
@@ -353,7 +373,7 @@ PLOT_TEXT = """(id) => {
 
 @pytest.mark.parametrize("width", [390, 1100])
 @pytest.mark.parametrize("sample", ["cu_slab_co.in", "h2o_zpe.in"])
-def test_the_plots_stay_legible_on_a_phone(
+def test_the_plots_stay_legible_at_any_width(
     browser: Browser, api_url: str, finished_slab: str, sample: str, width: int
 ) -> None:
     """Tick labels keep their size, do not overlap and stay inside the plot at any width."""

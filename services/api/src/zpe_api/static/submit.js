@@ -56,9 +56,13 @@
       showError(submitError, `Could not load the server's options: ${describeError(error)}`);
       return;
     }
-    deltaInput.value = String(config.defaults.delta);
-    temperatureInput.value = String(config.defaults.temperature);
-    nfreeSelect.value = String(config.defaults.nfree);
+    // The server's defaults, except where the user has already typed or chosen a value.
+    const defaults = [
+      [deltaInput, config.defaults.delta],
+      [temperatureInput, config.defaults.temperature],
+      [nfreeSelect, config.defaults.nfree],
+    ];
+    for (const [field, value] of defaults) if (!field.dataset.edited) field.value = String(value);
     engineSelect.replaceChildren(
       ...config.engines.map((name) =>
         el("option", { value: name, selected: name === config.default_engine }, engineLabel(name))
@@ -467,6 +471,13 @@
   for (const input of [deltaInput, temperatureInput, nfreeSelect, symmetrySelect, engineSelect, labelInput]) {
     input.addEventListener("input", updateSummary);
     input.addEventListener("change", updateSummary);
+  }
+  for (const field of [deltaInput, temperatureInput, nfreeSelect]) {
+    for (const kind of ["input", "change"]) {
+      field.addEventListener(kind, () => {
+        field.dataset.edited = "1";
+      });
+    }
   }
   // The warnings depend on these (a small δ, a loose threshold for pw.x): read again.
   for (const input of [deltaInput, nfreeSelect, engineSelect]) {
