@@ -250,6 +250,17 @@ def test_compare_and_swap_rejects_stale_revision(store: JobStore) -> None:
         store._swap("jobs/absent", b"{}", first.rev)
 
 
+def test_mutate_says_whether_it_wrote(store: JobStore) -> None:
+    job = make_job()
+    created = store.create_job(job)
+    kept = store.mutate_job(job.job_id, lambda j: None)
+    assert (kept.wrote, kept.rev, kept.value.engine) == (False, created.rev, "mock")
+    changed = store.mutate_job(job.job_id, lambda j: j.model_copy(update={"engine": "qe"}))
+    assert changed.wrote and changed.rev != created.rev and changed.value.engine == "qe"
+    found = store.get_job(job.job_id)
+    assert found is not None and found.rev == changed.rev
+
+
 def test_revisions_never_repeat_after_delete(store: JobStore) -> None:
     seen = {store._create("misc/k", b"1")}
     for i in range(3):

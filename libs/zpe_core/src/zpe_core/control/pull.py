@@ -50,8 +50,9 @@ from zpe_core.jobs.models import (
     now,
 )
 from zpe_core.jobs.service import JobService
+from zpe_core.jobs.transitions import StaleLease
 from zpe_core.physics.plan import is_reference
-from zpe_core.store.base import StaleLease, queue_lane
+from zpe_core.store.base import queue_lane
 
 log = logging.getLogger("zpe.pull")
 

@@ -14,11 +14,14 @@ that ``DispatchError`` is raised and ``JobService`` fails the jobs with the
 reason. A reconciler thread finds tasks left queued longer than
 ``ZPE_REDISPATCH_AFTER_SECONDS`` that have no Cloud Task any more (exhausted
 retries that never reached the worker, a dispatch lost in a crash) and
-re-dispatches them, counting an attempt, so that nothing waits forever.
+re-dispatches them through the retry rule of ``zpe_core.jobs.transitions``
+(an attempt counted, scheduled after the backoff, a dead letter after
+``ZPE_RETRY_MAX``), so that nothing waits forever.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -33,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from zpe_core.dispatch.base import DispatchError, JobDispatcher
 from zpe_core.edge.hosts import is_loopback
 from zpe_core.errors import ConfigurationError, ErrorSource
+from zpe_core.jobs import transitions
 from zpe_core.jobs.models import ErrorInfo, Task, TaskState, now
 from zpe_core.observability.logs import REQUEST_ID_HEADER, current_request_id
 from zpe_core.settings import Settings
@@ -328,36 +332,19 @@ class CloudTasksDispatcher(JobDispatcher):
             if seen.task_id in present:
                 continue
 
-            moved: list[bool] = []
-
-            def change(task: Task, seen: Task = seen, moved: list[bool] = moved) -> Task | None:
-                moved.clear()  # a lost compare-and-swap retries this function
-                if (
-                    task.state is not TaskState.QUEUED
-                    or task.epoch != seen.epoch
-                    or task.attempts != seen.attempts
-                ):
-                    return None  # a worker or another reconciler moved it meanwhile
-                task.attempts += 1
-                task.error = ErrorInfo(
-                    code="delivery_lost",
-                    message=f"no worker ran the task within {waited:.0f} s of it being due "
-                    "and the queue no longer holds it (check the worker URL, its "
-                    "authentication and the queue)",
-                    source=ErrorSource.DISPATCH,
-                    retryable=True,
-                )
-                if task.attempts < policy.retry_max:
-                    task.ready_at = now()
-                else:
-                    task.state = TaskState.FAILED
-                    task.dead_letter = True
-                moved.append(True)
-                return task
-
-            task = store.mutate_task(seen.task_id, change).value
-            if not moved:
-                continue
+            error = ErrorInfo(
+                code="delivery_lost",
+                message=f"no worker ran the task within {waited:.0f} s of it being due "
+                "and the queue no longer holds it (check the worker URL, its "
+                "authentication and the queue)",
+                source=ErrorSource.DISPATCH,
+                retryable=True,
+            )
+            change = functools.partial(transitions.redeliver, seen=seen, error=error, policy=policy)
+            lost = store.mutate_task(seen.task_id, change)
+            if not lost.wrote:
+                continue  # a worker or another reconciler moved it meanwhile
+            task = lost.value
             log.warning(
                 "task delivery lost", extra={"task_id": task.task_id, "state": task.state.value}
             )

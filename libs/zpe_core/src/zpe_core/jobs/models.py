@@ -10,13 +10,7 @@ Job states::
     queued -> running -> done | failed | cancelled
     queued -> failed | cancelled
 
-Task states::
-
-    queued -> leased -> done
-                     -> queued   (lease expired or retryable failure, attempts left)
-                     -> failed   (permanent failure or attempts exhausted: dead letter)
-    queued/leased -> cancelled   (every job that wanted it ended)
-    failed/cancelled -> queued   (a new job wants it, or an admin re-queues it)
+Task states, their transitions and the retry rule: ``zpe_core.jobs.transitions``.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from zpe_core.errors import (
     StoreUnavailable,
     ZpeError,
 )
+from zpe_core.jobs import transitions
 from zpe_core.jobs.models import (
     DEFAULT_TARGET,
     DerivedPoint,
@@ -316,13 +317,8 @@ class JobService:
                 task.targets.append(target)
             if job_id not in task.subscribers:
                 task.subscribers.append(job_id)
-            if task.state in (TaskState.FAILED, TaskState.CANCELLED):
-                # A new job wants a point that failed or was abandoned before: try afresh.
-                task.state = TaskState.QUEUED
-                task.attempts = 0
-                task.dead_letter = False
-                task.error = None
-                task.ready_at = now()
+            # A new job wants a point that failed or was abandoned before: try afresh.
+            if transitions.requeue(task) is not None:
                 revived.append(True)
             return task
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from urllib.parse import urlparse
 
 from zpe_core.errors import ConfigurationError
-from zpe_core.store.base import JobStore, StaleLease
+from zpe_core.jobs.transitions import StaleLease
+from zpe_core.store.base import JobStore
 from zpe_core.store.file import FileJobStore
 from zpe_core.store.memory import MemoryJobStore
 

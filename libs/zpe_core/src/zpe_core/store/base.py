@@ -27,10 +27,10 @@ import itertools
 import json
 import random
 import re
-import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -38,18 +38,15 @@ from pydantic import BaseModel
 from zpe_core.errors import (
     AlreadyExists,
     ArtifactTooLarge,
-    ErrorSource,
     NotFound,
-    StateConflict,
     StoreConflict,
     StoreUnavailable,
 )
+from zpe_core.jobs import transitions
 from zpe_core.jobs.models import (
     DEFAULT_TARGET,
-    AttemptRecord,
     ErrorInfo,
     Job,
-    Lease,
     RetryPolicy,
     Task,
     TaskResult,
@@ -65,10 +62,11 @@ DEFAULT_MAX_ARTIFACT_BYTES = 16 * 1024 * 1024
 _CAS_ATTEMPTS = 200
 
 
-class StaleLease(StateConflict):
-    """A heartbeat, result or failure carried a lease that is no longer current."""
+@dataclass(frozen=True)
+class Mutation(Versioned[M]):
+    """What a read-modify-write left: the record, its revision, and whether this call wrote."""
 
-    code = "stale_lease"
+    wrote: bool
 
 
 def _owner_key(owner: str) -> str:
@@ -168,11 +166,13 @@ class JobStore(ABC):
             return None
         return Versioned(model.model_validate_json(found[0]), found[1])
 
-    def _mutate(self, key: str, model: type[M], change: Callable[[M], M | None]) -> Versioned[M]:
+    def _mutate(self, key: str, model: type[M], change: Callable[[M], M | None]) -> Mutation[M]:
         """Read-modify-write with compare-and-swap, retried on conflict.
 
         ``change`` receives a private copy and returns the new record, or ``None``
-        to leave the record as it is. It may raise to abort; nothing is written.
+        to leave the record as it is (``wrote`` False). It may raise to abort; nothing
+        is written. On a lost compare-and-swap it runs again on the newer record, so
+        whether it wrote is only known from the result.
         """
         _require_safe_key(key)
         for attempt in range(_CAS_ATTEMPTS):
@@ -181,7 +181,7 @@ class JobStore(ABC):
                 raise NotFound(f"{key.split('/')[0].rstrip('s')} {key.split('/', 1)[-1]} not found")
             updated = change(current.value.model_copy(deep=True))
             if updated is None:
-                return current
+                return Mutation(current.value, current.rev, wrote=False)
             if hasattr(updated, "updated_at"):
                 updated.updated_at = now()
             try:
@@ -189,7 +189,7 @@ class JobStore(ABC):
             except StoreConflict:
                 time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
                 continue
-            return Versioned(updated, rev)
+            return Mutation(updated, rev, wrote=True)
         raise StoreUnavailable(f"too much contention updating {key}; try again")
 
     # ------------------------------------------------------------------ jobs
@@ -208,7 +208,7 @@ class JobStore(ABC):
             return None
         return self._get_model(f"jobs/{job_id}", Job)
 
-    def mutate_job(self, job_id: str, change: Callable[[Job], Job | None]) -> Versioned[Job]:
+    def mutate_job(self, job_id: str, change: Callable[[Job], Job | None]) -> Mutation[Job]:
         return self._mutate(f"jobs/{job_id}", Job, change)
 
     def list_jobs(
@@ -273,7 +273,7 @@ class JobStore(ABC):
             return None
         return self._get_model(f"tasks/{task_id}", Task)
 
-    def mutate_task(self, task_id: str, change: Callable[[Task], Task | None]) -> Versioned[Task]:
+    def mutate_task(self, task_id: str, change: Callable[[Task], Task | None]) -> Mutation[Task]:
         return self._mutate(f"tasks/{task_id}", Task, change)
 
     def all_task_ids(self) -> list[str]:
@@ -332,31 +332,13 @@ class JobStore(ABC):
         Returns the leased task (with its new ``epoch``) or ``None`` if someone
         else holds it or it is settled. Exactly one concurrent caller wins.
         """
-        claimed: list[bool] = []
-
-        def change(task: Task) -> Task | None:
-            claimed.clear()  # an earlier try may have lost its compare-and-swap
-            t = now()
-            if task.state is TaskState.LEASED and task.lease and task.lease.expires_at <= t:
-                _close_attempt(task, "expired")
-                task.attempts += 1
-            elif task.state is not TaskState.QUEUED or (task.ready_at > t and not ignore_ready_at):
-                return None
-            task.epoch += 1
-            task.state = TaskState.LEASED
-            task.lease = Lease(
-                lease_id=secrets.token_hex(8),
-                epoch=task.epoch,
-                worker_id=worker_id,
-                expires_at=t + lease_seconds,
-                acquired_at=t,
-            )
-            task.history.append(AttemptRecord(epoch=task.epoch, worker_id=worker_id, started_at=t))
-            claimed.append(True)
-            return task
-
-        result = self.mutate_task(task_id, change)
-        if not claimed:
+        result = self.mutate_task(
+            task_id,
+            lambda task: transitions.claim(
+                task, worker_id, lease_seconds, ignore_ready_at=ignore_ready_at
+            ),
+        )
+        if not result.wrote:
             return None
         with contextlib.suppress(AlreadyExists):
             self._create(f"leases/{task_id}", b"")
@@ -429,13 +411,7 @@ class JobStore(ABC):
 
     def heartbeat(self, task_id: str, epoch: int, lease_seconds: float) -> Task:
         """Extend a live lease; raises ``StaleLease`` if ``epoch`` is not current."""
-
-        def change(task: Task) -> Task:
-            _require_lease(task, epoch)
-            assert task.lease is not None
-            task.lease.expires_at = now() + lease_seconds
-            return task
-
+        change = functools.partial(transitions.heartbeat, epoch=epoch, lease_seconds=lease_seconds)
         return self.mutate_task(task_id, change).value
 
     def commit_result(self, task_id: str, epoch: int, result: TaskResult) -> tuple[Task, bool]:
@@ -445,24 +421,9 @@ class JobStore(ABC):
         moved the task to done. A repeat by the same epoch after it committed is
         answered ``(task, False)``; any other stale epoch raises ``StaleLease``.
         """
-        committed: list[bool] = []
-
-        def change(task: Task) -> Task | None:
-            committed.clear()  # an earlier try may have lost its compare-and-swap
-            if task.state is TaskState.DONE and task.lease is None and task.epoch == epoch:
-                return None
-            _require_lease(task, epoch)
-            _close_attempt(task, "done")
-            task.state = TaskState.DONE
-            task.result = result
-            task.error = None
-            task.lease = None
-            committed.append(True)
-            return task
-
-        task = self.mutate_task(task_id, change).value
+        done = self.mutate_task(task_id, lambda task: transitions.commit(task, epoch, result))
         self._delete(f"leases/{task_id}")
-        return task, bool(committed)
+        return done.value, done.wrote
 
     def fail_task(
         self,
@@ -480,21 +441,7 @@ class JobStore(ABC):
         """
 
         def change(task: Task) -> Task | None:
-            if task.state.settled:
-                return None
-            if epoch is not None:
-                _require_lease(task, epoch)
-            _close_attempt(task, "failed", error)
-            task.attempts += 1
-            task.lease = None
-            task.error = error
-            if retryable and task.attempts < policy.retry_max:
-                task.state = TaskState.QUEUED
-                task.ready_at = now() + policy.backoff(task.attempts)
-            else:
-                task.state = TaskState.FAILED
-                task.dead_letter = True
-            return task
+            return transitions.fail(task, epoch, error, retryable=retryable, policy=policy)
 
         task = self.mutate_task(task_id, change).value
         self._delete(f"leases/{task_id}")
@@ -504,15 +451,7 @@ class JobStore(ABC):
 
     def release_task(self, task_id: str, epoch: int) -> Task:
         """Give a lease back without counting an attempt (graceful shutdown)."""
-
-        def change(task: Task) -> Task | None:
-            _require_lease(task, epoch)
-            _close_attempt(task, "released")
-            task.state = TaskState.QUEUED
-            task.lease = None
-            task.ready_at = now()
-            return task
-
+        change = functools.partial(transitions.release, epoch=epoch)
         task = self.mutate_task(task_id, change).value
         self._delete(f"leases/{task_id}")
         self.mark_ready(task)
@@ -533,58 +472,18 @@ class JobStore(ABC):
             lease = found.value.lease
             if lease is None or lease.expires_at > now():
                 continue
-            expired_epoch = lease.epoch
-            moved: list[bool] = []
-
-            def change(
-                task: Task, expired_epoch: int = expired_epoch, moved: list[bool] = moved
-            ) -> Task | None:
-                moved.clear()  # an earlier try may have lost its compare-and-swap
-                lease = task.lease
-                if task.state is not TaskState.LEASED or lease is None:
-                    return None
-                if lease.epoch != expired_epoch or lease.expires_at > now():
-                    return None
-                _close_attempt(task, "expired")
-                task.attempts += 1
-                task.lease = None
-                task.error = ErrorInfo(
-                    code="lease_expired",
-                    message=f"worker {lease.worker_id} stopped heartbeating",
-                    source=ErrorSource.COMPUTE,
-                    retryable=True,
-                )
-                if task.attempts < policy.retry_max:
-                    task.state = TaskState.QUEUED
-                    task.ready_at = now() + policy.backoff(task.attempts)
-                else:
-                    task.state = TaskState.FAILED
-                    task.dead_letter = True
-                moved.append(True)
-                return task
-
-            task = self.mutate_task(task_id, change).value
-            if moved:
+            change = functools.partial(transitions.expire, expired_epoch=lease.epoch, policy=policy)
+            expired = self.mutate_task(task_id, change)
+            if expired.wrote:
                 self._delete(marker)
-                if task.state is TaskState.QUEUED:
-                    self.mark_ready(task)
-                changed.append(task)
+                if expired.value.state is TaskState.QUEUED:
+                    self.mark_ready(expired.value)
+                changed.append(expired.value)
         return changed
 
     def requeue_task(self, task_id: str) -> Task:
         """Put a failed or cancelled task back in the queue with fresh attempts."""
-
-        def change(task: Task) -> Task | None:
-            if task.state not in (TaskState.FAILED, TaskState.CANCELLED):
-                return None
-            task.state = TaskState.QUEUED
-            task.attempts = 0
-            task.dead_letter = False
-            task.error = None
-            task.ready_at = now()
-            return task
-
-        task = self.mutate_task(task_id, change).value
+        task = self.mutate_task(task_id, transitions.requeue).value
         if task.state is TaskState.QUEUED:
             self.mark_ready(task)
         return task
@@ -673,7 +572,7 @@ class JobStore(ABC):
 
     def mutate_document(
         self, key: str, model: type[M], change: Callable[[M], M | None]
-    ) -> Versioned[M]:
+    ) -> Mutation[M]:
         """Compare-and-swap update of a document, retried on conflict."""
         return self._mutate(f"meta/{key}", model, change)
 
@@ -753,20 +652,3 @@ def _require_safe_key(key: str) -> None:
     """Refuse a key with a path-like segment: it names no record (``NotFound``)."""
     if not _safe_key(key):
         raise NotFound(f"no record {key!r}: ids are letters, digits and ._- (no leading dot)")
-
-
-def _require_lease(task: Task, epoch: int) -> None:
-    if task.state is not TaskState.LEASED or task.lease is None or task.lease.epoch != epoch:
-        current = task.lease.epoch if task.lease else None
-        raise StaleLease(
-            f"lease epoch {epoch} is not current for task {task.task_id} "
-            f"(state {task.state.value}, current epoch {current})"
-        )
-
-
-def _close_attempt(task: Task, outcome: str, error: ErrorInfo | None = None) -> None:
-    if task.history and task.history[-1].ended_at is None:
-        record = task.history[-1]
-        record.ended_at = now()
-        record.outcome = outcome  # type: ignore[assignment]
-        record.error = error
