@@ -83,22 +83,8 @@ class ServerView(BaseModel):
 
     @classmethod
     def of(cls, server: ComputeServer, running: dict[str, int]) -> ServerView:
-        return cls(
-            server_id=server.server_id,
-            name=server.name,
-            labels=server.labels,
-            targets=server.targets,
-            capabilities=server.capabilities,
-            created_at=server.created_at,
-            last_seen_at=server.last_seen_at,
-            token_expires_at=server.token_expires_at,
-            revoked=server.revoked,
-            revoked_at=server.revoked_at,
-            revoked_by=server.revoked_by,
-            running=running,
-            tasks_done=server.tasks_done,
-            tasks_failed=server.tasks_failed,
-        )
+        shown = server.model_dump(include=set(cls.model_fields))  # never the token digests
+        return cls(**shown, revoked=server.revoked, running=running)
 
 
 class ServerList(BaseModel):

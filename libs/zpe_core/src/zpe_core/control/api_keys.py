@@ -11,8 +11,7 @@ from __future__ import annotations
 import re
 import secrets
 
-from pydantic import BaseModel
-
+from zpe_core.control.revocation import Revocable, revoke
 from zpe_core.edge.tokens import digest_matches, new_token, split_token, token_digest
 from zpe_core.errors import AlreadyExists, NotFound, Unauthorized
 from zpe_core.jobs.models import now
@@ -24,7 +23,7 @@ OWNER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9@._+-]{0,127}$"
 _KEY_ID = re.compile(r"^[a-f0-9]{16}$")
 
 
-class ApiKey(BaseModel):
+class ApiKey(Revocable):
     """A stored API key (its digest, never the key)."""
 
     key_id: str
@@ -33,12 +32,6 @@ class ApiKey(BaseModel):
     label: str | None = None
     created_at: float
     created_by: str
-    revoked_at: float | None = None
-    revoked_by: str | None = None
-
-    @property
-    def revoked(self) -> bool:
-        return self.revoked_at is not None
 
 
 class ApiKeyRegistry:
@@ -85,15 +78,7 @@ class ApiKeyRegistry:
     def revoke(self, key_id: str, *, actor: str = "admin") -> ApiKey:
         """Revoke a key at once (idempotent)."""
         self.get(key_id)
-
-        def change(record: ApiKey) -> ApiKey | None:
-            if record.revoked:
-                return None
-            record.revoked_at = now()
-            record.revoked_by = actor
-            return record
-
-        return self.store.mutate_document(f"api-keys/{key_id}", ApiKey, change).value
+        return revoke(self.store, f"api-keys/{key_id}", ApiKey, actor=actor)
 
     def authenticate(self, key: str) -> ApiKey:
         """The record of a genuine, unrevoked key; ``Unauthorized`` otherwise."""

@@ -26,6 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from zpe_core.control.revocation import Revocable, revoke
 from zpe_core.edge.tokens import (
     digest_matches,
     new_token,
@@ -99,7 +100,7 @@ class Capabilities(BaseModel):
     hostname: str | None = Field(default=None, max_length=255)
 
 
-class ComputeServer(BaseModel):
+class ComputeServer(Revocable):
     """A registered compute server and the digest of its current worker token."""
 
     server_id: str
@@ -115,17 +116,11 @@ class ComputeServer(BaseModel):
     previous_token_digest: str | None = None
     previous_token_valid_until: float | None = None
     last_seen_at: float | None = None
-    revoked_at: float | None = None
-    revoked_by: str | None = None
     leases: dict[str, int] = Field(
         default_factory=dict, description="task id -> lease epoch it was given (pruned on read)."
     )
     tasks_done: int = 0
     tasks_failed: int = 0
-
-    @property
-    def revoked(self) -> bool:
-        return self.revoked_at is not None
 
 
 class Switches(BaseModel):
@@ -382,15 +377,7 @@ class ComputeRegistry:
     def revoke(self, server_id: str, *, actor: str = "admin") -> ComputeServer:
         """Revoke a server's tokens at once (idempotent)."""
         self.get_server(server_id)
-
-        def change(server: ComputeServer) -> ComputeServer | None:
-            if server.revoked:
-                return None
-            server.revoked_at = now()
-            server.revoked_by = actor
-            return server
-
-        return self.store.mutate_document(f"servers/{server_id}", ComputeServer, change).value
+        return revoke(self.store, f"servers/{server_id}", ComputeServer, actor=actor)
 
     def touch(self, server_id: str, capabilities: Capabilities | None = None) -> None:
         """Record that the server was seen (throttled) and its current capabilities."""

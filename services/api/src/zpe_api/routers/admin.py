@@ -48,15 +48,8 @@ def requeue_dead_letter(
 
 
 def _view(registry: ComputeRegistry, limit: int) -> SwitchesView:
-    switches = registry.switches()
-    return SwitchesView(
-        submission_enabled=switches.submission_enabled,
-        dequeue_enabled=switches.dequeue_enabled,
-        updated_at=switches.updated_at,
-        updated_by=switches.updated_by,
-        reason=switches.reason,
-        audit=registry.switch_audit(limit),
-    )
+    shown = registry.switches().model_dump(include=set(SwitchesView.model_fields))
+    return SwitchesView(**shown, audit=registry.switch_audit(limit))
 
 
 @router.get("/switches", response_model=SwitchesView)
