@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from tests.fixtures.servers import RedisServer, free_port, server_runtime  # noqa: E402
+from tests.fixtures.servers import RedisServer, free_port, server_runtime, wait_until_up  # noqa: E402
 from zpe_core.jobs.models import Job, JobRequest, JobState, Task, TaskState  # noqa: E402
 from zpe_core.jobs.runner import run_task  # noqa: E402
 from zpe_core.jobs.service import JobService  # noqa: E402
@@ -132,18 +132,7 @@ class Service:
             self.process = subprocess.Popen(
                 self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.argv[2]} exited: {self.tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.argv[2]} did not start: {self.tail()}")
-            time.sleep(0.1)
+        wait_until_up(f"{self.url}/healthz", self.process, log=self.tail, timeout=timeout)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         process, self.process = self.process, None

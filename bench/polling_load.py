@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import percentile, status_kib  # noqa: E402
-from tests.fixtures.servers import RedisServer, free_port  # noqa: E402
+from tests.fixtures.servers import RedisServer, free_port, wait_until_up  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
@@ -176,16 +176,8 @@ def start_api(store_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], i
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return proc, port
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError((workdir / "api.log").read_text()[-3000:])
-        time.sleep(0.1)
+    wait_until_up(f"http://127.0.0.1:{port}/readyz", proc, log=workdir / "api.log", timeout=60)
+    return proc, port
 
 
 def run_store(label: str, store_url: str, workdir: Path, args: argparse.Namespace) -> list[str]:

@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.fixtures.cloud_tasks import TasksEmulator, ensure_emulator_venv  # noqa: E402
-from tests.fixtures.servers import RedisServer, free_port  # noqa: E402
+from tests.fixtures.servers import RedisServer, free_port, wait_until_up  # noqa: E402
 
 SAMPLE = (ROOT / "samples" / "h2_zpe.in").read_text()
 TASKS_PER_JOB = 13  # H2: 2 atoms x 3 directions x 2 signs + the reference point
@@ -184,16 +184,7 @@ class Proc:
         self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_http(self, url: str, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not start: {self.log.read_text()[-2000:]}")
-            time.sleep(0.1)
+        wait_until_up(url, self.proc, log=self.log, timeout=timeout)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

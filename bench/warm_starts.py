@@ -42,7 +42,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.fixtures.servers import free_port  # noqa: E402
+from tests.fixtures.servers import free_port, wait_until_up  # noqa: E402
 
 PSEUDO_DIR = "/usr/share/espresso/pseudo"
 ADMIN = "bench-admin-token-" + uuid.uuid4().hex
@@ -123,18 +123,8 @@ class Stack:
             "api", [sys.executable, "-m", "zpe_api.cli", "serve", "--port", str(self.port)], api_env
         )
         self.client = httpx.Client(base_url=self.url, timeout=60)
-        deadline = time.monotonic() + 900  # a loaded machine starts slowly
-        while True:
-            try:
-                if self.client.get("/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    "API did not start: " + (workdir / "api.log").read_text()[-2000:]
-                )
-            time.sleep(0.3)
+        # A loaded machine starts slowly.
+        wait_until_up(f"{self.url}/readyz", log=workdir / "api.log", timeout=900, interval=0.3)
         for i in range(2):
             token = self.client.post(
                 "/calc/zpe/compute/enroll-tokens",

@@ -14,16 +14,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx
 import pytest
 
 from tests.conftest import require_or_skip
-from tests.fixtures.servers import free_port
+from tests.fixtures.servers import free_port, wait_until_up
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -67,16 +65,7 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the API did not start within 60 s"
-            time.sleep(0.2)
+        wait_until_up(f"{url}/readyz", proc, log=log_path, timeout=60)
         yield url
     finally:
         proc.terminate()

@@ -6,14 +6,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.fixtures.servers import free_port
+from tests.fixtures.servers import free_port, wait_until_up
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 ZPE = [sys.executable, "-m", "zpe_api.cli"]
@@ -34,16 +32,7 @@ def api(tmp_path: Path) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90  # a loaded 2-core machine imports slowly
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, (tmp_path / "api.log").read_text()
-            assert time.monotonic() < deadline, "API did not start"
-            time.sleep(0.2)
+        wait_until_up(f"{url}/readyz", proc, log=tmp_path / "api.log")
         yield url
     finally:
         proc.terminate()

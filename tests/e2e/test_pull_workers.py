@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures.servers import RedisServer, free_port
+from tests.fixtures.servers import RedisServer, free_port, wait_until_up
 from zpe_core.store import open_store
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
@@ -64,16 +64,7 @@ class Api:
             stderr=subprocess.STDOUT,
         )
         self.client = httpx.Client(base_url=self.url, timeout=30)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if self.client.get("/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "API did not start"
-            time.sleep(0.2)
+        wait_until_up(f"{self.url}/readyz", self.proc, log=self.log_path, timeout=60)
 
     def enroll_token(self) -> str:
         response = self.client.post(

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures.servers import free_port
+from tests.fixtures.servers import free_port, wait_until_up
 from zpe_core.store import open_store
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
@@ -54,16 +54,8 @@ class Proc:
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=self._out, stderr=self._err)
 
     def wait_ready(self, url: str) -> None:
-        deadline = time.monotonic() + 180  # start-up alone can take a minute under load
-        while True:
-            try:
-                if httpx.get(url, timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert self.proc.poll() is None, self.output()[-3000:]
-            assert time.monotonic() < deadline, f"{self.name} did not start"
-            time.sleep(0.2)
+        # Start-up alone can take a minute under load.
+        wait_until_up(url, self.proc, log=self.output, timeout=180)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         if self.proc.poll() is None:

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.fixtures.cloud_tasks import TasksEmulator
-from tests.fixtures.servers import free_port
+from tests.fixtures.servers import free_port, wait_until_up
 from zpe_core.dispatch.cloud_tasks import CloudTasksDispatcher
 from zpe_core.jobs.models import Job, JobRequest, JobState, Task, TaskState
 from zpe_core.jobs.runner import run_task
@@ -51,16 +51,7 @@ class Proc:
             self.process = subprocess.Popen(
                 self.argv, env={**self.env, **extra_env}, stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(self.health, timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert self.process.poll() is None, self.log.read_text()[-3000:]
-            assert time.monotonic() < deadline, f"{self.argv} did not start"
-            time.sleep(0.1)
+        wait_until_up(self.health, self.process, log=self.log, timeout=timeout)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         process, self.process = self.process, None

@@ -6,16 +6,14 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.fixtures.servers import free_port
+from tests.fixtures.servers import free_port, wait_until_up
 
 #: Variables of the developer's shell that would change what the servers do.
 _SCRUBBED = ("ZPE_API_KEY", "ZPE_ADMIN_TOKEN", "ZPE_PUSH_SHARED_SECRET", "ZPE_METRICS_TOKEN")
@@ -34,16 +32,8 @@ def server_process(
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, env=full_env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 180  # start-up alone can take a minute under load
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).is_success:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert proc.poll() is None, log.read_text()[-3000:]
-                assert time.monotonic() < deadline, f"{module} did not start"
-                time.sleep(0.1)
+            # Start-up alone can take a minute under load.
+            wait_until_up(f"http://127.0.0.1:{port}/healthz", proc, log=log, timeout=180)
             yield port, proc.pid
         finally:
             proc.terminate()
