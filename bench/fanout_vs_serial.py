@@ -1,4 +1,4 @@
-"""Fan-out versus serial: the same H2O ZPE with real pw.x, side by side (issue 8).
+"""Fan-out versus serial: the same H2O ZPE with real pw.x, side by side.
 
 Variants (same pw.x input for all; a bench copy of samples/h2o_zpe.in with the
 cutoffs lowered to --ecutwfc/--ecutrho so the whole run takes minutes):

@@ -1,4 +1,4 @@
-"""Load: many concurrent ``mock`` jobs through one real API process (issue 8).
+"""Load: many concurrent ``mock`` jobs through one real API process.
 
 Starts ``zpe serve`` (file store, in-process dispatch with the default worker
 count: the embedded defaults) on a free loopback port. ``--submitters`` threads

@@ -1,4 +1,4 @@
-"""Polling load: ``GET /calc/zpe/jobs/{id}`` on ONE API process (issue 8, item 4).
+"""Polling load: ``GET /calc/zpe/jobs/{id}`` on ONE API process.
 
 Starts ``zpe serve`` (in-process dispatch, mock engine) on a ``file://`` store
 and on a ``redis://`` store (a ``redis-server`` started with ``RedisServer``

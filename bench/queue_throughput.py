@@ -1,4 +1,4 @@
-"""Throughput: mock jobs submit -> done per execution mode, against RQ and ARQ (issue 8, item 5).
+"""Throughput: mock jobs submit -> done per execution mode, against RQ and ARQ.
 
 One run, one ``redis-server`` (``RedisServer`` from ``tests/fixtures/servers.py``),
 ``--workers`` W workers everywhere, ``--jobs`` N jobs of ``samples/h2_zpe.in``

@@ -1,10 +1,10 @@
-"""Why warm starts moved frequencies (issue 14): one molecule, the engine called directly,
+"""Why warm starts moved frequencies: one molecule, the engine called directly,
 every point computed for each variant ``LABEL:c|w:CONV_THR`` (cold or warm, and the
 ``conv_thr`` pw.x gets for the displaced points), one after another on one core.
 
 The engine's own tightening (``SCF_CONV_THR_FACTOR``) is switched off here so that
 each variant gets exactly the threshold named; the reference of a warm variant is
-computed at the task's ``conv_thr``, as before issue 14.
+computed at the task's own ``conv_thr``, without that tightening.
 
     uv run python bench/warm_start_thresholds.py nh3 --ecutwfc 25 --ecutrho 200 \\
         cold10:c:1e-10 warm10:w:1e-10 warm12:w:1e-12

@@ -1,4 +1,4 @@
-"""Warm starts that keep the frequencies, on every worker (issue 14), with real pw.x.
+"""Warm starts that keep the frequencies, on every worker, with real pw.x.
 
 H2O, NH3 (samples/), CH4 and CO2 (ASE's geometries) in a 10 A box at low cutoffs,
 each computed as a whole job through the ``http-pull`` mode: one API process
@@ -19,8 +19,7 @@ did not compute the reference).
     uv run python bench/warm_starts.py [--ecutwfc 20 --ecutrho 160] [--molecules ...]
 
 ``--symmetry`` adds symmetric-cold / symmetric-warm (request field ``symmetry``:
-``auto``; the full variants then send ``off``): pending until symmetry-reduced
-plans (issue 14 part 2) are on main.
+``auto``; the full variants then send ``off``).
 """
 
 from __future__ import annotations

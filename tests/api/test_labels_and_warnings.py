@@ -1,7 +1,7 @@
 """Telling jobs apart (label, formula, search, the input again) and the parse warnings.
 
-Issue 18: a list of hashes cannot be told apart, and inputs that run but are probably
-not what the user wants were accepted without a word.
+Why: a list of hashes cannot be told apart, and an input that runs but is probably not
+what the user wants must not be accepted without a word.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 15 through the API (mock engine): thermochemistry, normal modes and their files,
+"""Thermochemistry through the API (mock engine): normal modes and their files,
 warnings, for a free molecule (H2O), an adsorbate (Cu(100) + CO) and a partly frozen NH3."""
 
 from __future__ import annotations

@@ -436,7 +436,7 @@ def test_release_and_requeue(store: JobStore) -> None:
 
 def test_ready_lanes_keep_unserved_work_out_of_a_workers_way(store: JobStore) -> None:
     """More than a scan's worth of tasks nobody serves (another target, another engine
-    version) never hide a task of the lane a worker serves (issue 12, item 6)."""
+    version) never hide a task of the lane a worker serves."""
     blocked = [f"tb{i:03d}{uuid.uuid4().hex[:6]}" for i in range(205)]
     for i, task_id in enumerate(blocked):
         task = make_task(task_id)

@@ -50,7 +50,7 @@ def test_h2_zpe_with_real_pwx(tmp_path: Path) -> None:
     assert 0.25 <= result["zpe_ev"] <= 0.29
     assert result["engine"] == "qe"
     assert result["engine_version"].startswith("qe-")
-    # Issue 15: the Eckart projection puts the rotations (tens of i cm^-1 raw, off the
+    # The Eckart projection puts the rotations (tens of i cm^-1 raw, off the
     # stationary point) at exactly 0 and keeps the stretch; H2 is D∞h, sigma 2.
     projected = result["projected_freqs_cm"]
     assert projected[:5] == [0.0] * 5, (result["freqs_cm"], projected)

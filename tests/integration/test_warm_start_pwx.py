@@ -1,7 +1,7 @@
 """Warm starts with the real pw.x: H2 (small box, low cutoff) cold and warm give the
 same frequencies within 1 cm^-1, and the warm displaced SCFs did start from the
 reference's density (and took fewer iterations); NH3 (20 Ry): a displaced point's
-forces do not depend on how its SCF started (the task-key promise, issue 14)."""
+forces do not depend on how its SCF started (the task-key promise)."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ FORCE_CONSTANT_TOLERANCE = 2e-4
 
 
 def test_nh3_forces_do_not_depend_on_how_the_scf_started(tmp_path: Path) -> None:
-    """The task-key promise on NH3 (issue 14): a displaced point's forces computed warm
+    """The task-key promise on NH3: a displaced point's forces computed warm
     (from the reference's density) and cold agree within FORCE_TOLERANCE, and so do the
     force constants of the N z +/- pair (the umbrella), on which a shared warm start
     used to lean the same way in both points."""

@@ -1,4 +1,4 @@
-"""Memory and CPU exhaustion by one request (issue 12 item 4): every size and cost is
+"""Memory and CPU exhaustion by one request (docs/security.md): every size and cost is
 capped before the work it would cause, and the answer says the limit.
 
 Times are measured only loosely (a loaded CI machine is slow); what matters is that

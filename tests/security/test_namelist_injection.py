@@ -1,4 +1,4 @@
-"""Namelist injection (issue 12 item 1): no string a user writes can set a key pw.x reads.
+"""Namelist injection (docs/security.md): no string a user writes can set a key pw.x reads.
 
 The attack: a string value whose quotes end early, so the rest of it is read by pw.x as
 more ``key = value`` pairs (``outdir``, ``pseudo_dir``, ``calculation``...). The defence:

@@ -1,4 +1,4 @@
-"""Poisoned shared tasks (issue 12 item 2): the first submitter of a point cannot change
+"""Poisoned shared tasks (docs/security.md): the first submitter of a point cannot change
 what later jobs get for it.
 
 Tasks are shared by key, and the stored spec is the first submitter's. Before the fix,

@@ -1,4 +1,4 @@
-"""A pseudopotential name that is a directory, a FIFO or a path (issue 12 item 8).
+"""A pseudopotential name that is a directory, a FIFO or a path (docs/security.md).
 
 Before: a directory answered 500 (``IsADirectoryError`` while hashing it for the key)
 and a FIFO hung the request (``open`` blocks until a writer comes). Now: 422 at submit

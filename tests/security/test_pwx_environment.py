@@ -1,4 +1,4 @@
-"""pw.x gets a minimal environment (issue 12 item 8): no worker secret reaches it.
+"""pw.x gets a minimal environment (docs/security.md): no worker secret reaches it.
 
 A pw.x input is a stranger's program in all but name; whatever pw.x can read, an input
 bug or a malicious pseudopotential could leak. The worker's environment holds the store

@@ -1,6 +1,6 @@
 """A pull worker reports every failure and frees its slot; a token file names its API.
 
-Both seen while measuring (issue 17): a missing scratch directory raised outside the
+Both seen while measuring: a missing scratch directory raised outside the
 engine's ``try``, the task thread died, its slot was never freed and nothing was
 posted back; and a worker started with ``--enroll-token`` silently used an old token
 file of another API from the default location.

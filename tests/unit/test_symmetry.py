@@ -1,4 +1,4 @@
-"""Symmetry-reduced plans (issue 14): counts, exact rebuild, shared task keys and the
+"""Symmetry-reduced plans: counts, exact rebuild, shared task keys and the
 reference-force guard, on the mock engine through ``JobService``."""
 
 from __future__ import annotations

@@ -187,7 +187,7 @@ def test_get_engine_warm_start_setting(tmp_path: Path) -> None:
     on = get_engine("qe", Settings(qe_version="v", scratch_dir=str(tmp_path), warm_start=True))
     assert isinstance(on, QeEngine) and on.warm_start_cache is not None
     assert on.warm_start_cache.root.parent == tmp_path
-    off = get_engine("qe", Settings(qe_version="v"))  # off by default (issue 14)
+    off = get_engine("qe", Settings(qe_version="v"))  # off by default
     assert isinstance(off, QeEngine) and off.warm_start_cache is None
 
 

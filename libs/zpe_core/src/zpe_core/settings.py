@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     max_mobile_atoms: int = 64
     max_artifact_bytes: int = 16 * 1024 * 1024
     list_page_max: int = 100
-    # Cost caps on one job (issue 12; see docs/security.md "Hostile inputs"): 422 with the limit.
+    # Cost caps on one job (docs/security.md "Hostile inputs"): 422 with the limit.
     max_atoms: int = Field(default=200, ge=1, description="Atoms per input (&SYSTEM nat).")
     max_plan_positions: int = Field(
         default=200_000, ge=1, description="Tasks x atoms of one job, checked before planning."
@@ -118,11 +118,11 @@ class Settings(BaseSettings):
         default=8.0, ge=0.0, description="On SIGTERM, wait this long for running tasks."
     )
 
-    # Performance (issue 8: warm starts; see docs/benchmarks.md). Warm starts never
+    # Performance (warm starts; see docs/benchmarks.md). Warm starts never
     # enter task keys: a converged SCF does not depend on its starting point beyond
     # conv_thr, so a warm and a cold result of one key agree within tolerance.
     warm_start: bool = Field(
-        # Off by default (issue 14): even with every SCF at conv_thr/100, NH3 at 20/160 Ry
+        # Off by default: even with every SCF at conv_thr/100, NH3 at 20/160 Ry
         # came out 0.16 cm^-1 off cold on the umbrella, over the 0.1 target.
         default=False,
         description="Start displaced pw.x SCFs from the reference point's converged charge "
@@ -138,7 +138,7 @@ class Settings(BaseSettings):
     warm_start_share: bool = Field(
         default=True,
         description="Ship each reference's converged density to the other workers (through "
-        "the store, or the worker API for pull workers) so they warm-start too (issue 14).",
+        "the store, or the worker API for pull workers) so they warm-start too.",
     )
     warm_start_share_max_bytes: int = Field(
         default=64 * 1024 * 1024,
@@ -157,7 +157,7 @@ class Settings(BaseSettings):
     api_url: str = "http://127.0.0.1:8000"
     poll_retry_after_seconds: int = 2
 
-    # Users, limits, observability (issue 9; see docs/security.md)
+    # Users, limits, observability (see docs/security.md)
     auth_mode: AuthMode = Field(
         default="none",
         description="'none': callers without credentials are the one user 'anonymous' "
@@ -192,7 +192,7 @@ class Settings(BaseSettings):
         default=30.0, ge=0.0, description="Store gauges are rescanned at most this often."
     )
 
-    # The edge (issue 12; see docs/security.md, "Threat model")
+    # The edge (see docs/security.md, "Threat model")
     metrics_token: SecretStr | None = Field(
         default=None, description="If set, GET /metrics wants 'Authorization: Bearer <it>'."
     )
@@ -218,7 +218,7 @@ class Settings(BaseSettings):
         "is refused unless it is internal or internal-and-cloud-load-balancing.",
     )
 
-    # Isolation between users (issue 12; see docs/security.md)
+    # Isolation between users (see docs/security.md)
     reuse_scope: ReuseScope | None = Field(
         default=None,
         description="'owner': finished tasks are reused only by jobs of the same owner; "

@@ -26,7 +26,8 @@ class Engine(ABC):
     def compute(self, spec: TaskSpec, workdir: Path) -> TaskResult:
         """Run the calculation in ``workdir`` (private to this task, removed after)."""
 
-    # Warm starts across machines (issue 14). Engines without warm starts keep these.
+    # Warm starts across machines: a displaced point's SCF may start from its reference's
+    # converged density computed elsewhere. Engines without warm starts keep these.
 
     def needs_reference_density(self, spec: TaskSpec) -> bool:
         """Whether ``spec`` would start warm if this machine had its reference's density."""

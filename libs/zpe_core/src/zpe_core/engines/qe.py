@@ -314,7 +314,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 #: 1e-6 Ry when unset). Central differences divide force differences by 2 delta, so SCF
 #: noise that conv_thr allows in one energy moves frequencies; and warm starts from the
 #: reference's density leave an error that leans the same way at +delta and -delta and
-#: does not cancel (issue 14; docs/benchmarks.md). 1e-2 makes warm and cold agree.
+#: does not cancel (measured: docs/benchmarks.md). 1e-2 makes warm and cold agree.
 SCF_CONV_THR_FACTOR = 1e-2
 
 
@@ -387,7 +387,7 @@ def default_warm_start_dir(scratch_dir: str | None) -> Path:
     return Path(scratch_dir or tempfile.gettempdir()) / f"zpe-warm-{uid}"
 
 
-# A reference's outdir shipped to other machines (issue 14): MAGIC, the SHA-256 of
+# A reference's outdir shipped to other machines for their warm starts: MAGIC, the SHA-256 of
 # the rest, then zlib of (u16 name length, name, u64 size, bytes) per file. Only
 # pw.x's restart files, by name; sizes capped packed and unpacked.
 _SHIPPED_MAGIC = b"ZPE-REFERENCE-OUTDIR-1\n"

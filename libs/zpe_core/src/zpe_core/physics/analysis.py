@@ -135,7 +135,8 @@ class VibrationResult:
     linear: bool
     excluded: int
     hessian: npt.NDArray[np.float64]  # Cartesian, eV/Å^2, 3n x 3n, as VibrationsData holds it
-    # The additions of issue 15 have defaults so older callers building one keep working.
+    # The fields below have defaults so callers that build one with the fields above only
+    # (tests, the symmetry rebuild) keep working.
     vectors: npt.NDArray[np.float64] | None = None
     """Each mode's displacement (ASE's ``get_modes``): modes x mobile atoms x 3, as ``modes``."""
     raw_frequencies_cm: list[float] = dataclasses.field(default_factory=list)

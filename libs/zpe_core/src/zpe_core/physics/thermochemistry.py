@@ -91,7 +91,7 @@ class Thermochemistry:
     warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """The result's ``thermochemistry`` object (names fixed by issue 15)."""
+        """The result's ``thermochemistry`` object (its names are part of the API: keep them)."""
         out: dict[str, Any] = {"model": self.model, "temperature": self.temperature}
         if self.model == "ideal_gas":
             out |= {

@@ -227,7 +227,7 @@ class GcsJobStore(JobStore):
 
         try:
             return self._call("list", run)
-        except gexc.NotFound:  # a listing finds no bucket (not a 500: issue 12)
+        except gexc.NotFound:  # a listing finds no bucket: an outage with a reason, not a 500
             raise StoreUnavailable(f"{self.display}: bucket {self.bucket_name} not found") from None
 
     def _put_blob(self, key: str, data: bytes) -> None:
