@@ -209,6 +209,11 @@ def test_reconciler_redispatches_lost_tasks_and_ends_undeliverable_ones(
     first = store.get_task(task_ids[0]).value
     assert first.error is not None
     assert (first.state, first.attempts, first.error.code) == (TaskState.QUEUED, 1, "delivery_lost")
+    # The one retry rule, backoff included (backoff(1) is 5-10 s at the default 10 s base):
+    # the queue holds the new Cloud Task until then.
+    assert first.updated_at + 4.9 <= first.ready_at <= first.updated_at + 10
+    listed = {t.name.rsplit("/", 1)[-1]: t for t in client.list_tasks(request={"parent": queue})}
+    assert abs(listed[f"{task_ids[0]}-1-0"].schedule_time.timestamp() - first.ready_at) < 1
 
     # Still in the queue (a backlog, not a loss): left alone however long it waits.
     assert dispatcher.reconcile(at=later()) == 0
