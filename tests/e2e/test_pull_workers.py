@@ -64,7 +64,8 @@ class Api:
             stderr=subprocess.STDOUT,
         )
         self.client = httpx.Client(base_url=self.url, timeout=30)
-        wait_until_up(f"{self.url}/readyz", self.proc, log=self.log_path, timeout=60)
+        # Start-up is not under test, and a loaded machine imports slowly.
+        wait_until_up(f"{self.url}/readyz", self.proc, log=self.log_path, timeout=180)
 
     def enroll_token(self) -> str:
         response = self.client.post(
