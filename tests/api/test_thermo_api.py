@@ -17,7 +17,7 @@ from ase.vibrations.data import VibrationsData
 from fastapi.testclient import TestClient
 
 from tests.api.conftest import SAMPLES, wait_for
-from zpe_api.cli import _print_result
+from zpe_client.cli import _print_result
 from zpe_core.engines.mock import mock_energy_forces
 from zpe_core.physics.analysis import HC_EV_CM
 from zpe_core.physics.artifacts import MODE_FRAMES

@@ -211,13 +211,13 @@ def wait_for_owner(client: TestClient, job_id: str, headers: dict[str, str]) -> 
 
 
 def test_cli_sends_the_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    from zpe_api.cli import _client, build_parser
+    from zpe_client.cli import _client, build_parser
 
     monkeypatch.delenv("ZPE_API_KEY", raising=False)
     plain = _client(build_parser().parse_args(["status", "j1"]))
-    assert "Authorization" not in plain.headers
+    assert "Authorization" not in plain.headers()
     flag = _client(build_parser().parse_args(["--api-key", "zpe_key_abc", "status", "j1"]))
-    assert flag.headers["Authorization"] == "Bearer zpe_key_abc"
+    assert flag.headers()["Authorization"] == "Bearer zpe_key_abc"
     monkeypatch.setenv("ZPE_API_KEY", "zpe_key_env")
     env = _client(build_parser().parse_args(["status", "j1"]))
-    assert env.headers["Authorization"] == "Bearer zpe_key_env"
+    assert env.headers()["Authorization"] == "Bearer zpe_key_env"

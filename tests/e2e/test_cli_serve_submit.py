@@ -14,7 +14,7 @@ import pytest
 from tests.fixtures.servers import free_port, wait_until_up
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
-ZPE = [sys.executable, "-m", "zpe_api.cli"]
+ZPE = [sys.executable, "-m", "zpe_client.cli"]
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from zpe_api.compute_schemas import ResultBody
+from zpe_client.compute import ResultBody
 from zpe_core.control.pull import validate_result
 from zpe_core.errors import InputError
 from zpe_core.jobs.models import Task, TaskResult, TaskSpec

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from zpe_api.cli import _print_result
+from zpe_client.cli import _print_result
 from zpe_core.physics.artifacts import render_summary
 
 

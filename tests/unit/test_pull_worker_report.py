@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from zpe_client.compute import ResultBody, ResultSubmission
+from zpe_client.http import ApiClient
 from zpe_core.settings import Settings
 from zpe_worker.pull import Credentials, PullWorker
 
@@ -27,19 +29,26 @@ def worker(tmp_path: Path, answers: list[tuple[int, str]]) -> tuple[PullWorker, 
         status, code = answers.pop(0)
         return httpx.Response(status, json={"code": code, "detail": code})
 
-    pull._client = httpx.Client(base_url="http://api", transport=httpx.MockTransport(handle))
+    pull.client = ApiClient("http://api", token="t", transport=httpx.MockTransport(handle))
     return pull, events
+
+
+def submission() -> ResultSubmission:
+    body = ResultBody(
+        energy_ev=-1.0, forces_ev_per_a=[[0.0, 0.0, 0.0]], engine="mock", engine_version="m"
+    )
+    return ResultSubmission(epoch=1, lease_id="l", result=body)
 
 
 def test_event_in_progress_is_retried_with_the_same_event_id(tmp_path: Path) -> None:
     pull, events = worker(tmp_path, [(409, "event_in_progress"), (200, "ok")])
-    answer = pull._report("t1", "result", {"epoch": 1, "lease_id": "l", "result": {}})
+    answer = pull._report("t1", "result", submission())
     assert answer == "ok"
     assert len(events) == 2 and events[0] == events[1]
 
 
 def test_a_stale_lease_is_not_retried(tmp_path: Path) -> None:
     pull, events = worker(tmp_path, [(409, "stale_lease")])
-    assert pull._report("t1", "result", {"epoch": 1, "lease_id": "l"}) == "conflict"
+    assert pull._report("t1", "result", submission()) == "conflict"
     assert len(events) == 1
     assert json.loads((tmp_path / "token.json").read_text())["server_id"] == "s0123"

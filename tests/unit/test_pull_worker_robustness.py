@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from zpe_client.compute import LeaseGranted
+from zpe_client.http import ApiClient
 from zpe_core.errors import EngineError
 from zpe_core.jobs.models import TaskSpec
 from zpe_core.jobs.runner import compute_task
@@ -56,12 +58,14 @@ def pull_worker(tmp_path: Path, settings: Settings) -> tuple[PullWorker, list[di
         posts.append({"path": request.url.path, **json.loads(request.content)})
         return httpx.Response(200, json={"status": "ok"})
 
-    worker._client = httpx.Client(base_url="http://api", transport=httpx.MockTransport(handle))
+    worker.client = ApiClient("http://api", token="t", transport=httpx.MockTransport(handle))
     return worker, posts
 
 
 def grant(spec: object) -> dict[str, object]:
+    """A lease grant as the API answers it."""
     return {
+        "expires_at": 4e9,
         "task_id": "a" * 64,
         "epoch": 1,
         "lease_id": "l1",
@@ -72,19 +76,34 @@ def grant(spec: object) -> dict[str, object]:
     }
 
 
-@pytest.mark.parametrize("case", ["missing_scratch", "unreadable_spec"])
-def test_any_error_is_reported_and_frees_the_slot(tmp_path: Path, case: str) -> None:
-    settings = Settings(allowed_engines="mock")
-    spec: object = mock_spec(settings).model_dump(mode="json")
-    if case == "missing_scratch":
-        settings = Settings(allowed_engines="mock", scratch_dir=str(tmp_path / "gone"))
-    else:
-        spec = {"engine": "mock", "symbols": "not a list"}
+def test_any_error_is_reported_and_frees_the_slot(tmp_path: Path) -> None:
+    spec = mock_spec(Settings(allowed_engines="mock")).model_dump(mode="json")
+    settings = Settings(allowed_engines="mock", scratch_dir=str(tmp_path / "gone"))
     worker, posts = pull_worker(tmp_path, settings)
-    worker._start(grant(spec))
+    worker._start(LeaseGranted.model_validate(grant(spec)))
     worker._drain()
     assert worker._running == {}, "the slot was not freed"
     assert worker.finished == 1
+    failed = [p for p in posts if str(p["path"]).endswith("/failed")]
+    assert len(failed) == 1, posts
+    assert failed[0]["retryable"] is True
+    assert failed[0]["epoch"] == 1 and failed[0]["lease_id"] == "l1"
+
+
+def test_an_unreadable_grant_is_reported_not_held(tmp_path: Path) -> None:
+    bad = grant({"engine": "mock", "symbols": "not a list"})
+    posts: list[dict[str, object]] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/lease"):
+            return httpx.Response(200, json=bad)
+        posts.append({"path": request.url.path, **json.loads(request.content)})
+        return httpx.Response(200, json={"status": "ok"})
+
+    worker, _ = pull_worker(tmp_path, Settings(allowed_engines="mock"))
+    worker.client = ApiClient("http://api", token="t", transport=httpx.MockTransport(handle))
+    assert worker._lease() is None
+    assert worker._running == {}
     failed = [p for p in posts if str(p["path"]).endswith("/failed")]
     assert len(failed) == 1, posts
     assert failed[0]["retryable"] is True

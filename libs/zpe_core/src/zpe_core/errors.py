@@ -7,18 +7,7 @@ workers map them to retryable or permanent task failures.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
-
-class ErrorSource(StrEnum):
-    """Where a failure came from."""
-
-    INPUT = "input"
-    COMPUTE = "compute"
-    STORE = "store"
-    CONFIGURATION = "configuration"
-    DISPATCH = "dispatch"
-    INTERNAL = "internal"
+from zpe_client.models import ErrorSource as ErrorSource  # a wire value: the client owns it
 
 
 class ZpeError(Exception):

@@ -53,7 +53,7 @@ def _enroll_from_args(args: argparse.Namespace, settings: Settings, token: str) 
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from zpe_worker.pull import ApiError
+    from zpe_client.http import ApiError
 
     token = _enroll_token(args)
     if not token:
@@ -69,7 +69,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from zpe_worker.pull import ApiError, PullWorker, TokenFileMismatch, must_enroll
+    from zpe_client.http import ApiError
+    from zpe_worker.pull import PullWorker, TokenFileMismatch, must_enroll
 
     settings = Settings()
     token_file = Path(args.token_file)

@@ -15,7 +15,8 @@ the lease's epoch with a fresh event id (a retried post is answered the same).
   releases at once.
 * A 401 (token forged, expired or revoked) stops the worker: exit code 3.
 
-The worker never holds store credentials; it only speaks to the API.
+The worker never holds store credentials; it only speaks to the API, through the
+client package's ``ApiClient`` and wire models (``zpe_client.compute``).
 """
 
 from __future__ import annotations
@@ -35,12 +36,26 @@ from types import FrameType
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
-from zpe_core.control.compute_servers import Capabilities
+from zpe_client.compute import (
+    Capabilities,
+    FailureReport,
+    LeaseGranted,
+    LeaseRef,
+    LeaseRequest,
+    ResultBody,
+    ResultSubmission,
+    ServerEnrolled,
+    ServerRegistration,
+    TokenRenewed,
+)
+from zpe_client.http import ApiClient, ApiError, problem_code
+from zpe_client.models import TaskSpec
 from zpe_core.edge.tokens import digest_matches, token_digest
 from zpe_core.engines import get_engine
 from zpe_core.errors import EngineError, ZpeError
-from zpe_core.jobs.models import TaskSpec, now
+from zpe_core.jobs.models import now
 from zpe_core.jobs.runner import compute_task
 from zpe_core.settings import Settings
 
@@ -56,39 +71,19 @@ def default_token_file() -> Path:
     return Path(base) / "zpe" / "worker-token.json"
 
 
-class ApiError(Exception):
-    """The API answered with an error we do not retry."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-
-
 class TokenRejected(ApiError):
     """401/403: the token is forged, expired or revoked; the worker must stop."""
 
 
 def _error_of(response: httpx.Response) -> ApiError:
-    try:
-        body = response.json()
-        code, message = str(body.get("code")), str(body.get("detail"))
-    except ValueError:
-        code, message = f"http_{response.status_code}", response.text[:300]
     cls = TokenRejected if response.status_code in (401, 403) else ApiError
-    return cls(response.status_code, code, message)
+    return cls.from_response(response)
 
 
 def _in_progress(response: httpx.Response | None) -> bool:
     """A 409 ``event_in_progress``: the API still holds our earlier try of this event (cut
     by an outage; it expires), so the post is retried rather than taken as a lost lease."""
-    if response is None:
-        return False
-    try:
-        return bool(response.json().get("code") == "event_in_progress")
-    except ValueError:
-        return False
+    return problem_code(response) == "event_in_progress"
 
 
 # ---------------------------------------------------------------------- credentials
@@ -199,32 +194,28 @@ def enroll(
     timeout: float = 30.0,
 ) -> Credentials:
     """Register this server with an enroll token and save its worker token (0600)."""
-    body: dict[str, Any] = {
-        "name": name,
-        "labels": labels or {},
-        "capabilities": capabilities.model_dump(),
-    }
-    if targets:
-        body["targets"] = targets
-    response = httpx.post(
-        f"{api.rstrip('/')}/calc/zpe/compute/servers",
-        json=body,
-        headers={"Authorization": f"Bearer {enroll_token}"},
-        timeout=timeout,
+    registration = ServerRegistration(
+        name=name, labels=labels or {}, targets=targets or None, capabilities=capabilities
     )
+    with ApiClient(api, token=enroll_token, timeout=timeout) as client:
+        response = client.send(
+            "POST",
+            "/calc/zpe/compute/servers",
+            json=registration.model_dump(mode="json", exclude_none=True),
+        )
     if response.status_code != 201:
         raise _error_of(response)
-    data = response.json()
+    enrolled = ServerEnrolled.model_validate(response.json())
     creds = Credentials(
         api=api.rstrip("/"),
-        server_id=data["server_id"],
-        worker_token=data["worker_token"],
+        server_id=enrolled.server_id,
+        worker_token=enrolled.worker_token,
         token_issued_at=now(),
-        token_expires_at=data["token_expires_at"],
+        token_expires_at=enrolled.token_expires_at,
         enroll_token_digest=token_digest(enroll_token),
     )
     creds.save(token_file)
-    log.info("enrolled", extra={"worker_id": creds.server_id, "targets": data["targets"]})
+    log.info("enrolled", extra={"worker_id": creds.server_id, "targets": enrolled.targets})
     return creds
 
 
@@ -235,24 +226,15 @@ class ApiDensities:
     """Reference densities through the worker API, under the lease of the task being run
     (``zpe_core.jobs.runner.ReferenceDensities``): the API picks the reference from the task."""
 
-    def __init__(
-        self,
-        client: httpx.Client,
-        headers: dict[str, str],
-        grant: dict[str, Any],
-        max_bytes: int,
-    ) -> None:
-        self._client = client
-        self._path = f"/calc/zpe/compute/tasks/{grant['task_id']}/reference-density"
-        self._headers = {
-            **headers,
-            "X-Lease-Epoch": str(grant["epoch"]),
-            "X-Lease-Id": str(grant["lease_id"]),
-        }
+    def __init__(self, api: ApiClient, grant: LeaseGranted, max_bytes: int) -> None:
+        self._api = api
+        self._path = f"/calc/zpe/compute/tasks/{grant.task_id}/reference-density"
+        self._lease = {"X-Lease-Epoch": str(grant.epoch), "X-Lease-Id": grant.lease_id}
         self.max_bytes = max_bytes
 
     def fetch(self, spec: TaskSpec) -> bytes | None:
-        with self._client.stream("GET", self._path, headers=self._headers) as response:
+        headers = self._api.headers(self._lease)
+        with self._api.http.stream("GET", self._path, headers=headers) as response:
             if response.status_code != 200:
                 return None
             chunks: list[bytes] = []
@@ -266,7 +248,7 @@ class ApiDensities:
         return b"".join(chunks)
 
     def publish(self, spec: TaskSpec, blob: bytes) -> None:
-        response = self._client.put(self._path, content=blob, headers=self._headers)
+        response = self._api.send("PUT", self._path, content=blob, headers=self._lease)
         if response.status_code != 200:
             log.warning("reference density not shared", extra={"error": str(_error_of(response))})
 
@@ -319,7 +301,9 @@ class PullWorker:
         self._release_now = threading.Event()
         self._lock = threading.Lock()
         self._running: dict[str, _Running] = {}
-        self._client = httpx.Client(base_url=self.api, timeout=poll_wait_seconds + 30.0)
+        self.client = ApiClient(
+            self.api, token=self.creds.worker_token, timeout=poll_wait_seconds + 30.0
+        )
 
     # -------------------------------------------------------------- plumbing
 
@@ -327,14 +311,12 @@ class PullWorker:
     def worker_id(self) -> str:
         return self.creds.server_id
 
-    def _headers(self, event_id: str | None = None) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {self.creds.worker_token}"}
-        if event_id:
-            headers["X-Event-Id"] = event_id
-        return headers
-
-    def _post(self, path: str, body: dict[str, Any], event_id: str | None = None) -> httpx.Response:
-        return self._client.post(path, json=body, headers=self._headers(event_id))
+    def _post(
+        self, path: str, body: LeaseRef | LeaseRequest | None, event_id: str | None = None
+    ) -> httpx.Response:
+        headers = {"X-Event-Id": event_id} if event_id else None
+        payload = {} if body is None else body.model_dump(mode="json", exclude_none=True)
+        return self.client.send("POST", path, json=payload, headers=headers)
 
     def _backoff(self, failures: int) -> float:
         ceiling = min(self.backoff_max, 0.5 * 2 ** min(failures, 16))
@@ -406,7 +388,7 @@ class PullWorker:
                     break
         finally:
             self._drain()
-            self._client.close()
+            self.client.close()
         log.info("pull worker stopped", extra={"worker_id": self.worker_id, "tasks": started})
         return self.exit_code
 
@@ -421,39 +403,61 @@ class PullWorker:
     def _maybe_renew(self) -> None:
         if not self.creds.should_renew(now()):
             return
-        response = self._post(f"/calc/zpe/compute/servers/{self.worker_id}/token", {})
+        response = self._post(f"/calc/zpe/compute/servers/{self.worker_id}/token", None)
         if response.status_code != 200:
             raise _error_of(response)
-        data = response.json()
-        self.creds.worker_token = data["worker_token"]
+        renewed = TokenRenewed.model_validate(response.json())
+        self.creds.worker_token = self.client.token = renewed.worker_token
         self.creds.token_issued_at = now()
-        self.creds.token_expires_at = data["token_expires_at"]
+        self.creds.token_expires_at = renewed.token_expires_at
         self.creds.save(self.token_file)
         log.info("worker token renewed", extra={"worker_id": self.worker_id})
 
-    def _lease(self) -> dict[str, Any] | None:
-        response = self._post(
-            "/calc/zpe/compute/tasks/lease",
-            {"wait_seconds": self.poll_wait, "capabilities": self.capabilities.model_dump()},
-        )
+    def _lease(self) -> LeaseGranted | None:
+        request = LeaseRequest(wait_seconds=self.poll_wait, capabilities=self.capabilities)
+        response = self._post("/calc/zpe/compute/tasks/lease", request)
         if response.status_code == 204:
             return None
         if response.status_code != 200:
             raise _error_of(response)
-        grant: dict[str, Any] = response.json()
+        body = response.json()
+        try:
+            grant = LeaseGranted.model_validate(body)
+        except ValidationError as exc:
+            self._refuse(body, exc)
+            return None
         if self._stop.is_set():  # asked to stop while we waited: give it straight back
-            self._release(grant["task_id"], grant["epoch"], grant["lease_id"])
+            self._release(grant.task_id, grant.epoch, grant.lease_id)
             return None
         return grant
 
-    def _start(self, grant: dict[str, Any]) -> None:
+    def _refuse(self, body: Any, exc: ValidationError) -> None:
+        """A grant this worker cannot read (a spec of a newer API, say) is still reported,
+        so the task is retried elsewhere rather than held until its lease expires."""
+        try:
+            lease = LeaseRef.model_validate({k: body[k] for k in ("epoch", "lease_id")})
+            task_id = str(body["task_id"])
+        except (KeyError, TypeError, ValidationError):
+            log.error("unreadable lease grant; its lease will expire", extra={"error": str(exc)})
+            return
+        log.error("unreadable lease grant", extra={"task_id": task_id, "error": str(exc)})
+        failure = FailureReport(
+            epoch=lease.epoch,
+            lease_id=lease.lease_id,
+            retryable=True,
+            code="worker_error",
+            reason=f"the worker cannot read the grant: {exc}"[:2000],
+        )
+        self._report(task_id, "failed", failure)
+
+    def _start(self, grant: LeaseGranted) -> None:
         thread = threading.Thread(
-            target=self._run_task, args=(grant,), name=f"zpe-task-{grant['task_id'][:8]}"
+            target=self._run_task, args=(grant,), name=f"zpe-task-{grant.task_id[:8]}"
         )
         thread.daemon = True
         with self._lock:
-            self._running[grant["task_id"]] = _Running(
-                grant["task_id"], grant["epoch"], grant["lease_id"], thread
+            self._running[grant.task_id] = _Running(
+                grant.task_id, grant.epoch, grant.lease_id, thread
             )
         thread.start()
 
@@ -479,7 +483,7 @@ class PullWorker:
         try:
             response = self._post(
                 f"/calc/zpe/compute/tasks/{task_id}/release",
-                {"epoch": epoch, "lease_id": lease_id},
+                LeaseRef(epoch=epoch, lease_id=lease_id),
             )
             log.info(
                 "task released",
@@ -494,17 +498,17 @@ class PullWorker:
 
     # -------------------------------------------------------------- one task
 
-    def _run_task(self, grant: dict[str, Any]) -> None:
-        task_id, epoch, lease_id = grant["task_id"], grant["epoch"], grant["lease_id"]
+    def _run_task(self, grant: LeaseGranted) -> None:
+        task_id, epoch, lease_id = grant.task_id, grant.epoch, grant.lease_id
         extra = {
             "task_id": task_id,
             "worker_id": self.worker_id,
             "epoch": epoch,
-            "job_id": (grant.get("job_ids") or [None])[0],
+            "job_id": grant.job_ids[0] if grant.job_ids else None,
         }
         lost = threading.Event()
         done = threading.Event()
-        interval = min(float(grant["heartbeat_seconds"]), float(grant["lease_seconds"]) / 3)
+        interval = min(grant.heartbeat_seconds, grant.lease_seconds / 3)
         beat = threading.Thread(
             target=self._heartbeat_loop,
             args=(task_id, epoch, lease_id, interval, lost, done),
@@ -513,44 +517,39 @@ class PullWorker:
         beat.start()
         log.info("task started", extra=extra)
         started = time.monotonic()
-        outcome: tuple[str, dict[str, Any]]
+        outcome: tuple[str, ResultSubmission | FailureReport]
         try:
-            spec = TaskSpec.model_validate(grant["spec"])
             densities = (
-                ApiDensities(
-                    self._client, self._headers(), grant, self.settings.warm_start_share_max_bytes
-                )
+                ApiDensities(self.client, grant, self.settings.warm_start_share_max_bytes)
                 if self.settings.warm_start_share
                 else None
             )
-            result = compute_task(spec, self.settings, task_id=task_id, densities=densities)
-            outcome = (
-                "result",
-                {"result": result.model_dump(mode="json", exclude={"worker_id"})},
-            )
+            result = compute_task(grant.spec, self.settings, task_id=task_id, densities=densities)
+            body = ResultBody.model_validate(result.model_dump(exclude={"worker_id"}))
+            outcome = ("result", ResultSubmission(epoch=epoch, lease_id=lease_id, result=body))
         except EngineError as exc:
-            outcome = (
-                "failed",
-                {
-                    "retryable": exc.retryable,
-                    "code": exc.code,
-                    "reason": exc.message[:2000],
-                    "detail": (exc.detail or "")[-8000:] or None,
-                },
+            failure = FailureReport(
+                epoch=epoch,
+                lease_id=lease_id,
+                retryable=exc.retryable,
+                code=exc.code,
+                reason=exc.message[:2000],
+                detail=(exc.detail or "")[-8000:] or None,
             )
+            outcome = ("failed", failure)
         except Exception as exc:
-            # Anything else (a spec this worker cannot read, an engine that cannot start)
+            # Anything else (an engine that cannot start, a result that is not finite)
             # must still be reported, and the slot freed below: a silent thread death
             # would hang this task on every worker that leases it after the lease expires.
             log.exception("task crashed", extra=extra)
-            outcome = (
-                "failed",
-                {
-                    "retryable": True,
-                    "code": "worker_error",
-                    "reason": f"{type(exc).__name__} on the worker: {exc}"[:2000],
-                },
+            failure = FailureReport(
+                epoch=epoch,
+                lease_id=lease_id,
+                retryable=True,
+                code="worker_error",
+                reason=f"{type(exc).__name__} on the worker: {exc}"[:2000],
             )
+            outcome = ("failed", failure)
         finally:
             done.set()
             beat.join(timeout=5)
@@ -560,20 +559,17 @@ class PullWorker:
             if lost.is_set() or released:
                 log.warning("task abandoned: the lease moved on", extra=extra)
                 return
-            kind, body = outcome
-            answer = self._report(task_id, kind, {"epoch": epoch, "lease_id": lease_id, **body})
+            kind, report = outcome
+            answer = self._report(task_id, kind, report)
             if answer == "invalid" and kind == "result":
-                self._report(
-                    task_id,
-                    "failed",
-                    {
-                        "epoch": epoch,
-                        "lease_id": lease_id,
-                        "retryable": False,
-                        "code": "result_refused",
-                        "reason": "the API refused the computed result as invalid",
-                    },
+                refused = FailureReport(
+                    epoch=epoch,
+                    lease_id=lease_id,
+                    retryable=False,
+                    code="result_refused",
+                    reason="the API refused the computed result as invalid",
                 )
+                self._report(task_id, "failed", refused)
             log.info(
                 "task finished",
                 extra={
@@ -603,7 +599,7 @@ class PullWorker:
             try:
                 response = self._post(
                     f"/calc/zpe/compute/tasks/{task_id}/heartbeat",
-                    {"epoch": epoch, "lease_id": lease_id},
+                    LeaseRef(epoch=epoch, lease_id=lease_id),
                 )
             except httpx.HTTPError as exc:
                 failures += 1
@@ -620,7 +616,7 @@ class PullWorker:
             failures = 0
             wait = interval
 
-    def _report(self, task_id: str, kind: str, body: dict[str, Any]) -> str:
+    def _report(self, task_id: str, kind: str, body: ResultSubmission | FailureReport) -> str:
         """Post a result or failure, retrying transient errors with the same event id.
 
         Returns ``ok``, ``conflict`` (409: lease lost), ``invalid`` (413/422) or ``gone``.

@@ -22,10 +22,13 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from zpe_client.compute import NAME_PATTERN as NAME_PATTERN
+from zpe_client.compute import Capabilities as Capabilities
+from zpe_client.compute import Switch as Switch
+from zpe_client.compute import SwitchChange as SwitchChange
 from zpe_core.control.revocation import Revocable, revoke
 from zpe_core.edge.tokens import (
     digest_matches,
@@ -53,12 +56,8 @@ RENEWAL_GRACE_SECONDS = 300.0
 #: ``last_seen_at`` is written at most this often per server.
 TOUCH_INTERVAL_SECONDS = 5.0
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 _ID = re.compile(r"^[a-f0-9]{16,40}$")
 _SERVER_ID = re.compile(r"^s[a-f0-9]{16}$")
-
-Switch = Literal["submission_enabled", "dequeue_enabled"]
-
 
 # ---------------------------------------------------------------------- token primitives
 # They live in ``zpe_core.edge.tokens`` (shared with user API keys); re-exported here.
@@ -82,22 +81,6 @@ class EnrollToken(BaseModel):
     note: str | None = None
     used_at: float | None = None
     used_by: str | None = None
-
-
-class Capabilities(BaseModel):
-    """What a compute server can run, as it reports it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    engines: dict[str, str] = Field(
-        default_factory=dict,
-        max_length=16,
-        description="Engine name -> version it computes with, e.g. {'qe': 'qe-7.2'}.",
-    )
-    cores: int | None = Field(default=None, ge=1, le=1_000_000)
-    max_concurrency: int = Field(default=1, ge=1, le=1024)
-    pw_command: str | None = Field(default=None, max_length=300)
-    hostname: str | None = Field(default=None, max_length=255)
 
 
 class ComputeServer(Revocable):
@@ -131,17 +114,6 @@ class Switches(BaseModel):
     version: int = 0
     updated_at: float | None = None
     updated_by: str | None = None
-    reason: str | None = None
-
-
-class SwitchChange(BaseModel):
-    """One audit entry: who changed which switch, when, from what to what, and why."""
-
-    at: float
-    actor: str
-    switch: Switch
-    old: bool
-    new: bool
     reason: str | None = None
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from zpe_client.compute import EVENT_ID_PATTERN
 from zpe_core.control.compute_servers import ComputeRegistry, ComputeServer
 from zpe_core.errors import (
     AlreadyExists,
@@ -56,7 +57,6 @@ from zpe_core.store.base import queue_lane
 
 log = logging.getLogger("zpe.pull")
 
-EVENT_ID_PATTERN = r"^[A-Za-z0-9._-]{8,100}$"
 _EVENT_ID = re.compile(EVENT_ID_PATTERN)
 #: A recorded event still ``pending`` after this long belongs to a crashed request.
 _PENDING_STALE_SECONDS = 60.0

@@ -20,19 +20,26 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any, Generic, Literal, TypeVar
+from typing import Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field
 
-from zpe_core.errors import ErrorSource, ZpeError
+# The wire models (what users and workers send and read) live in the client package;
+# the core's records below are built from them.
+from zpe_client.models import MAX_LABEL_LENGTH as MAX_LABEL_LENGTH
+from zpe_client.models import AttemptRecord as AttemptRecord
+from zpe_client.models import ErrorInfo as ErrorInfo
+from zpe_client.models import JobRequest as JobRequest
+from zpe_client.models import JobState as JobState
+from zpe_client.models import JobSummary as JobSummary
+from zpe_client.models import QeCalcSpec as QeCalcSpec
+from zpe_client.models import TaskResult as TaskResult
+from zpe_client.models import TaskSpec as TaskSpec
+from zpe_client.models import TaskState as TaskState
+from zpe_core.errors import ZpeError
 
 #: The pull target of jobs that name none (and of servers enrolled without targets).
 DEFAULT_TARGET = "default"
-
-
-#: Longest job label accepted.
-MAX_LABEL_LENGTH = 200
 
 
 def hill_formula(symbols: Sequence[str]) -> str:
@@ -48,161 +55,20 @@ def hill_formula(symbols: Sequence[str]) -> str:
     return " ".join(f"{e}{counts[e] if counts[e] > 1 else ''}" for e in order)
 
 
+def error_info(exc: ZpeError) -> ErrorInfo:
+    """The stored and shown form of a failure."""
+    return ErrorInfo(
+        code=exc.code,
+        message=exc.message,
+        source=exc.source,
+        detail=exc.detail,
+        retryable=exc.retryable,
+    )
+
+
 def now() -> float:
     """Wall-clock time in seconds since the epoch (one place, so tests can reason about it)."""
     return time.time()
-
-
-class JobState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
-
-
-class TaskState(StrEnum):
-    QUEUED = "queued"
-    LEASED = "leased"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def settled(self) -> bool:
-        """No worker holds or will pick up the task without outside help."""
-        return self in (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED)
-
-
-class ErrorInfo(BaseModel):
-    """A failure as stored on a job or task and shown to users."""
-
-    code: str
-    message: str
-    source: ErrorSource
-    detail: str | None = None
-    retryable: bool = False
-
-    @classmethod
-    def from_exc(cls, exc: ZpeError) -> ErrorInfo:
-        return cls(
-            code=exc.code,
-            message=exc.message,
-            source=exc.source,
-            detail=exc.detail,
-            retryable=exc.retryable,
-        )
-
-
-class JobRequest(BaseModel):
-    """What a user submits."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    input_text: str = Field(description="The pw.x input file, verbatim.")
-    mobile: list[int] | None = Field(
-        default=None,
-        description="0-based indices of the atoms to displace; default: every atom not fixed.",
-    )
-    delta: float = Field(default=0.01, gt=0.0, le=0.1, description="Displacement in Angstrom.")
-    nfree: Literal[2, 4] = Field(default=2, description="Displacements per degree of freedom.")
-    temperature: float = Field(
-        default=298.15, gt=0.0, le=5000.0, description="Temperature in K for the entropy."
-    )
-    engine: str | None = Field(default=None, description="'qe' or 'mock'; default from settings.")
-    pressure: float = Field(
-        default=101325.0,
-        gt=0.0,
-        le=1e9,
-        description="Pressure in Pa for the ideal-gas thermochemistry of a free molecule.",
-    )
-    symmetry_number: int | None = Field(
-        default=None,
-        ge=1,
-        le=60,
-        description="Rotational symmetry number of a free molecule; default: from its point group.",
-    )
-    frequency_set: Literal["raw", "projected"] = Field(
-        default="raw",
-        description="Which frequencies count for a free molecule: ASE's raw ones, or those after "
-        "projecting rigid translations and rotations out (Eckart).",
-    )
-    target: str | None = Field(
-        default=None,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
-        description="Pull workers: the compute-server target that may run it; default 'default'.",
-    )
-    label: str | None = Field(
-        default=None,
-        max_length=MAX_LABEL_LENGTH,
-        description="Free text to tell jobs apart (e.g. 'CO top site, 13C'); searchable "
-        "with GET /calc/zpe/jobs?q=.",
-    )
-    symmetry: Literal["auto", "off"] = Field(
-        default="auto",
-        description="'auto': compute only the symmetry-independent displaced points and "
-        "rebuild the others exactly; 'off': compute every point.",
-    )
-
-    @field_validator("label")
-    @classmethod
-    def _printable_label(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if any(not ch.isprintable() for ch in value):
-            raise ValueError("label must be one line of printable text (no control characters)")
-        return value.strip() or None
-
-
-class QeCalcSpec(BaseModel):
-    """What the qe engine needs besides the geometry (JSON-safe)."""
-
-    input_data: dict[str, dict[str, Any]]
-    pseudopotentials: dict[str, str]
-    pseudo_digests: dict[str, str | None] = Field(default_factory=dict)
-    kpts: list[int] | None = None  # None: Gamma point
-    koffset: list[int] = Field(default_factory=lambda: [0, 0, 0])
-
-
-class TaskSpec(BaseModel):
-    """Everything a worker needs to compute one point: geometry plus engine settings."""
-
-    engine: str
-    engine_version: str
-    symbols: list[str]
-    positions: list[list[float]]
-    cell: list[list[float]]
-    pbc: list[bool]
-    qe: QeCalcSpec | None = None
-    reference_key: str | None = Field(
-        default=None,
-        description="Key of the undisplaced task of the job that planned this task: a "
-        "warm-start hint for the engine (its own key on the reference itself). Not part "
-        "of the task key: it changes how the SCF starts, not what it converges to.",
-    )
-    reuse_scope: str | None = Field(
-        default=None,
-        description="The reuse scope the task's id was derived from (``plan.owner_scope``; "
-        "None: shared by every owner). Not part of the content key.",
-    )
-
-
-class TaskResult(BaseModel):
-    """Energy and forces of one point, as committed by a worker."""
-
-    energy_ev: float
-    forces_ev_per_a: list[list[float]]
-    engine: str
-    engine_version: str
-    wall_seconds: float = 0.0
-    scf_iterations: int | None = None
-    warm_started: bool = False  # the SCF started from the reference's density (issue 8)
-    cpu_seconds: float | None = None  # pw.x's own CPU time (less load-sensitive than wall)
-    worker_id: str | None = None
 
 
 class Lease(BaseModel):
@@ -213,17 +79,6 @@ class Lease(BaseModel):
     worker_id: str
     expires_at: float
     acquired_at: float
-
-
-class AttemptRecord(BaseModel):
-    """One attempt at a task, kept for dead-letter history."""
-
-    epoch: int
-    worker_id: str
-    started_at: float
-    ended_at: float | None = None
-    outcome: Literal["done", "failed", "expired", "released"] | None = None
-    error: ErrorInfo | None = None
 
 
 class Task(BaseModel):
@@ -309,14 +164,6 @@ class DispatchRequest(BaseModel):
 
     job_id: str
     task_ids: list[str]
-
-
-class JobSummary(BaseModel):
-    """Headline figures copied onto the job when it finishes (for listings)."""
-
-    zpe_ev: float
-    s_vib_jmol_k: float
-    n_imaginary: int
 
 
 class Job(BaseModel):

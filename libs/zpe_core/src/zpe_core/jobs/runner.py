@@ -22,7 +22,7 @@ from typing import Protocol
 
 from zpe_core.engines import Engine, get_engine
 from zpe_core.errors import EngineError, InputError, StateConflict, ZpeError
-from zpe_core.jobs.models import ErrorInfo, Task, TaskResult, TaskSpec
+from zpe_core.jobs.models import Task, TaskResult, TaskSpec, error_info
 from zpe_core.jobs.service import JobService
 from zpe_core.observability.logs import bind, log_context
 from zpe_core.physics.namelists import recheck_task_spec, refused_spec
@@ -250,7 +250,7 @@ def _run_task(
             result = compute_task(task.spec, settings, task_id=task_id, densities=densities)
     except EngineError as exc:
         log.warning("task failed", extra={**extra, "code": exc.code, "retryable": exc.retryable})
-        error = ErrorInfo.from_exc(exc)
+        error = error_info(exc)
         if exc.retryable and final_attempt:
             error.message += " (the last delivery attempt: not retried)"
         try:

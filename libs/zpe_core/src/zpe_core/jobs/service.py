@@ -44,6 +44,7 @@ from zpe_core.jobs.models import (
     TaskRef,
     TaskSpec,
     TaskState,
+    error_info,
     hill_formula,
     now,
 )
@@ -344,7 +345,7 @@ class JobService:
                 failed = self.store.fail_task(
                     task.task_id,
                     None,
-                    ErrorInfo.from_exc(exc),
+                    error_info(exc),
                     retryable=False,
                     policy=self.settings.retry_policy,
                 )
@@ -622,7 +623,7 @@ class JobService:
             for name, data in files.items():
                 self.store.put_artifact(job_id, name, data)
         except ZpeError as exc:
-            self.fail_job(job_id, ErrorInfo.from_exc(exc))
+            self.fail_job(job_id, error_info(exc))
             return
         except Exception as exc:  # never leave a job running forever on a bug
             log.exception("finalize failed", extra={"job_id": job_id})
@@ -817,7 +818,7 @@ class JobService:
         try:
             _, plan = self.plan(job.request, scope=job.reuse_scope)
         except ZpeError as exc:
-            self.fail_job(job.job_id, ErrorInfo.from_exc(exc))
+            self.fail_job(job.job_id, error_info(exc))
             return
         if not {ref.task_id for ref in job.tasks} <= {ref.task_id for ref in plan.refs}:
             # The engine version moved since (task keys include it): cannot rebuild.

@@ -14,6 +14,7 @@ import numpy as np
 from ase import Atoms
 from ase.io.jsonio import encode as ase_json
 
+from zpe_client.report import thermo_lines
 from zpe_core.jobs.models import Job
 from zpe_core.physics.analysis import (
     IMAGINARY_WARNING_CM,
@@ -313,37 +314,6 @@ def _symmetry_line(sym: dict[str, Any] | None) -> str:
 
 def _wavenumber(freq: float) -> str:
     return f"{abs(freq):.2f}" + ("i" if freq < 0 else " ")
-
-
-def thermo_lines(thermo: dict[str, Any]) -> list[str]:
-    """The thermochemistry block of ``summary.txt`` and of ``zpe result``."""
-    gas = thermo["model"] == "ideal_gas"
-    t = f"({thermo['temperature']:g} K)"
-    lines = [
-        "thermochemistry   : "
-        + (
-            f"ideal gas (ASE IdealGasThermo), {thermo['geometry']}, point group "
-            f"{thermo['point_group']}, symmetry number {thermo['symmetry_number']} "
-            f"({thermo['symmetry_number_source']}), p = {thermo['pressure']:g} Pa"
-            if gas
-            else "harmonic (ASE HarmonicThermo)"
-        ),
-        f"E_elec            : {thermo['potential_energy_ev']:.6f} eV",
-        f"E_elec + ZPE      : {thermo['potential_energy_plus_zpe_ev']:.6f} eV",
-    ]
-    if gas:
-        lines += [
-            f"{'H' + t:<18}: {thermo['enthalpy_ev']:.6f} eV",
-            f"{'S' + t:<18}: {thermo['entropy_ev_per_k']:.8f} eV/K",
-            f"{'G' + t:<18}: {thermo['gibbs_energy_ev']:.6f} eV",
-        ]
-    else:
-        lines += [
-            f"{'U' + t:<18}: {thermo['internal_energy_ev']:.6f} eV",
-            f"{'S' + t:<18}: {thermo['entropy_ev_per_k']:.8f} eV/K",
-            f"{'F' + t:<18}: {thermo['helmholtz_energy_ev']:.6f} eV",
-        ]
-    return lines
 
 
 def render_freqs_csv(result: dict[str, Any]) -> str:

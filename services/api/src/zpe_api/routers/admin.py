@@ -10,7 +10,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query
 
-from zpe_api.compute_schemas import (
+from zpe_api.deps import AdminDep, CoordinatorDep, RegistryDep, StoreDep
+from zpe_client.compute import (
     DeadLetter,
     DeadLetterList,
     Requeued,
@@ -18,17 +19,34 @@ from zpe_api.compute_schemas import (
     SwitchesUpdate,
     SwitchesView,
 )
-from zpe_api.deps import AdminDep, CoordinatorDep, RegistryDep, StoreDep
 from zpe_core.control.compute_servers import ComputeRegistry, Switch
+from zpe_core.jobs.models import Task
 
 router = APIRouter(prefix="/calc/zpe/admin", tags=["admin"])
+
+
+def dead_letter(task: Task) -> DeadLetter:
+    """A dead-lettered task as admins see it."""
+    return DeadLetter(
+        task_id=task.task_id,
+        state=task.state.value,
+        attempts=task.attempts,
+        engine=task.spec.engine,
+        engine_version=task.spec.engine_version,
+        natoms=len(task.spec.symbols),
+        targets=task.targets,
+        job_ids=task.subscribers,
+        error=task.error,
+        history=task.history,
+        updated_at=task.updated_at,
+    )
 
 
 @router.get("/dead-letters", response_model=DeadLetterList)
 def list_dead_letters(_: AdminDep, store: StoreDep) -> DeadLetterList:
     """Tasks that failed for good, with every attempt (who, when, how it ended, why)."""
     tasks = sorted(store.dead_letters(), key=lambda t: t.updated_at, reverse=True)
-    return DeadLetterList(dead_letters=[DeadLetter.of(task) for task in tasks])
+    return DeadLetterList(dead_letters=[dead_letter(task) for task in tasks])
 
 
 @router.post("/dead-letters/{task_id}/requeue", response_model=Requeued)

@@ -15,7 +15,15 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from zpe_api.compute_schemas import (
+from zpe_api.deps import (
+    AdminDep,
+    CoordinatorDep,
+    EnrollTokenDep,
+    RegistryDep,
+    SettingsDep,
+    WorkerDep,
+)
+from zpe_client.compute import (
     EnrollTokenIssued,
     EnrollTokenRequest,
     FailureReport,
@@ -30,14 +38,7 @@ from zpe_api.compute_schemas import (
     ServerView,
     TokenRenewed,
 )
-from zpe_api.deps import (
-    AdminDep,
-    CoordinatorDep,
-    EnrollTokenDep,
-    RegistryDep,
-    SettingsDep,
-    WorkerDep,
-)
+from zpe_core.control.compute_servers import ComputeServer
 from zpe_core.errors import Forbidden, InputError, InputTooLarge, NotFound, Unauthorized
 
 router = APIRouter(prefix="/calc/zpe/compute", tags=["compute servers"])
@@ -45,6 +46,13 @@ router = APIRouter(prefix="/calc/zpe/compute", tags=["compute servers"])
 #: on the stream, before the result is parsed).
 RESULT_PATH = re.compile(r"/calc/zpe/compute/tasks/[^/]+/result")
 DENSITY_PATH = re.compile(r"/calc/zpe/compute/tasks/[^/]+/reference-density")
+
+
+def server_view(server: ComputeServer, running: dict[str, int]) -> ServerView:
+    """A compute server as admins see it: its record without token digests."""
+    shown = server.model_dump(include=set(ServerView.model_fields))  # never the token digests
+    return ServerView(**shown, revoked=server.revoked, running=running)
+
 
 #: How often a waiting lease request looks at the queue again.
 POLL_INTERVAL_SECONDS = 0.5
@@ -99,7 +107,7 @@ def list_servers(_: AdminDep, registry: RegistryDep, coordinator: CoordinatorDep
     """Admin: every server, with last-seen time and the leases it holds now."""
     return ServerList(
         servers=[
-            ServerView.of(server, coordinator.live_leases(server))
+            server_view(server, coordinator.live_leases(server))
             for server in registry.list_servers()
         ]
     )
@@ -111,14 +119,14 @@ def get_server(
 ) -> ServerView:
     """Admin: one server."""
     server = registry.get_server(server_id)
-    return ServerView.of(server, coordinator.live_leases(server))
+    return server_view(server, coordinator.live_leases(server))
 
 
 @router.delete("/servers/{server_id}", response_model=ServerView)
 def revoke_server(server_id: str, actor: AdminDep, coordinator: CoordinatorDep) -> ServerView:
     """Admin: revoke a server at once; the tasks it held go back to the queue."""
     server = coordinator.revoke_server(server_id, actor=actor)
-    return ServerView.of(server, {})
+    return server_view(server, {})
 
 
 @router.post("/servers/{server_id}/token", response_model=TokenRenewed)

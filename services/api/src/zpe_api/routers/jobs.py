@@ -15,15 +15,60 @@ from zpe_api.deps import (
     require_submission_enabled,
 )
 from zpe_api.problems import problem_responses
-from zpe_api.schemas import JobCreated, JobList, JobStatus, TaskStates, job_links
+from zpe_client.models import JobCreated, JobList, JobStatus, Progress, TaskStates
 from zpe_core.control.limits import check_active_jobs
 from zpe_core.errors import InputError
-from zpe_core.jobs.models import JobRequest, now
+from zpe_core.jobs.models import Job, JobRequest, hill_formula, now
 from zpe_core.physics.artifacts import ARTIFACT_MEDIA_TYPES, ARTIFACT_NAMES
 
 router = APIRouter(
     prefix="/calc/zpe", tags=["jobs"], responses=problem_responses(400, 401, 422, 503)
 )
+
+
+def job_links(job_id: str) -> dict[str, str]:
+    base = f"/calc/zpe/jobs/{job_id}"
+    return {
+        "self": base,
+        "result": f"{base}/result",
+        "summary": f"{base}/files?kind=summary",
+        "freqs": f"{base}/files?kind=freqs",
+        "input": f"{base}/files?kind=input",
+        "cancel": f"{base}/cancel",
+    }
+
+
+def job_status(job: Job, now: float) -> JobStatus:
+    """What ``GET /calc/zpe/jobs/{id}`` answers of a job at time ``now``."""
+    total = job.total_tasks
+    start = job.started_at
+    end = job.finished_at or (now if start is not None else None)
+    return JobStatus(
+        job_id=job.job_id,
+        state=job.state,
+        engine=job.engine,
+        label=job.request.label,
+        formula=hill_formula(job.structure.symbols),
+        delta=job.request.delta,
+        nfree=job.request.nfree,
+        temperature=job.request.temperature,
+        progress=Progress(
+            done=job.done_tasks,
+            total=total,
+            fraction=round(job.done_tasks / total, 4) if total else 1.0,
+            reused=len(job.reused_task_ids),
+        ),
+        natoms=job.structure.natoms,
+        mobile_indices=job.structure.mobile_indices,
+        created_at=job.created_at,
+        started_at=start,
+        finished_at=job.finished_at,
+        elapsed_seconds=None if start is None or end is None else round(end - start, 3),
+        error=job.error,
+        summary=job.summary,
+        links=job_links(job.job_id),
+    )
+
 
 IdempotencyKey = Annotated[
     str | None,
@@ -94,7 +139,7 @@ def list_jobs(
     else:
         jobs, next_cursor = service.store.list_jobs(owner, cursor=cursor, limit=limit)
     t = now()
-    return JobList(jobs=[JobStatus.from_job(job, t) for job in jobs], next_cursor=next_cursor)
+    return JobList(jobs=[job_status(job, t) for job in jobs], next_cursor=next_cursor)
 
 
 @router.get(
@@ -122,7 +167,7 @@ def get_job(
         headers["Retry-After"] = str(settings.poll_retry_after_seconds)
     if if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]:
         return Response(status_code=304, headers=headers)
-    status = JobStatus.from_job(job, now())
+    status = job_status(job, now())
     return JSONResponse(status.model_dump(mode="json"), headers=headers)
 
 
@@ -173,4 +218,4 @@ def get_file(
 def cancel_job(job_id: str, service: ServiceDep, owner: OwnerDep) -> JobStatus:
     """Cancel a queued or running job; 409 if it already ended."""
     job = service.cancel(job_id, owner=owner)
-    return JobStatus.from_job(job, now())
+    return job_status(job, now())

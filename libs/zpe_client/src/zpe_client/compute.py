@@ -1,19 +1,52 @@
-"""Request and response bodies of the worker API and the admin API (http-pull mode)."""
+"""Wire models of the worker API and the admin API (``http-pull`` mode).
+
+Compute servers enroll, lease tasks, heartbeat and report results or failures
+with these bodies; admins manage servers, dead letters and the operations
+switches. The pull worker and the API share them.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
-from zpe_core.control.compute_servers import (
-    NAME_PATTERN,
-    Capabilities,
-    ComputeServer,
-    SwitchChange,
-)
-from zpe_core.control.pull import EVENT_ID_PATTERN
-from zpe_core.jobs.models import AttemptRecord, ErrorInfo, Task, TaskResult, TaskSpec
+from zpe_client.models import AttemptRecord, ErrorInfo, TaskResult, TaskSpec
+
+#: A compute server's name, a pull target.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+#: An idempotency id of a worker's post (a retried post carries the same one).
+EVENT_ID_PATTERN = r"^[A-Za-z0-9._-]{8,100}$"
+
+Switch = Literal["submission_enabled", "dequeue_enabled"]
+
+
+class Capabilities(BaseModel):
+    """What a compute server can run, as it reports it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engines: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Engine name -> version it computes with, e.g. {'qe': 'qe-7.2'}.",
+    )
+    cores: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_concurrency: int = Field(default=1, ge=1, le=1024)
+    pw_command: str | None = Field(default=None, max_length=300)
+    hostname: str | None = Field(default=None, max_length=255)
+
+
+class SwitchChange(BaseModel):
+    """One audit entry: who changed which switch, when, from what to what, and why."""
+
+    at: float
+    actor: str
+    switch: Switch
+    old: bool
+    new: bool
+    reason: str | None = None
+
 
 Target = Annotated[str, Field(pattern=NAME_PATTERN)]
 EventId = Annotated[str, Field(pattern=EVENT_ID_PATTERN)]
@@ -80,11 +113,6 @@ class ServerView(BaseModel):
     running: dict[str, int] = Field(description="Task id -> lease epoch it holds now.")
     tasks_done: int
     tasks_failed: int
-
-    @classmethod
-    def of(cls, server: ComputeServer, running: dict[str, int]) -> ServerView:
-        shown = server.model_dump(include=set(cls.model_fields))  # never the token digests
-        return cls(**shown, revoked=server.revoked, running=running)
 
 
 class ServerList(BaseModel):
@@ -171,22 +199,6 @@ class DeadLetter(BaseModel):
     error: ErrorInfo | None
     history: list[AttemptRecord]
     updated_at: float
-
-    @classmethod
-    def of(cls, task: Task) -> DeadLetter:
-        return cls(
-            task_id=task.task_id,
-            state=task.state.value,
-            attempts=task.attempts,
-            engine=task.spec.engine,
-            engine_version=task.spec.engine_version,
-            natoms=len(task.spec.symbols),
-            targets=task.targets,
-            job_ids=task.subscribers,
-            error=task.error,
-            history=task.history,
-            updated_at=task.updated_at,
-        )
 
 
 class DeadLetterList(BaseModel):
