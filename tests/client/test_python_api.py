@@ -151,6 +151,7 @@ def test_an_atoms_is_written_as_a_pw_input_with_its_fixed_atoms() -> None:
     np.testing.assert_allclose(back.positions, atoms.positions, atol=1e-8)
     assert [c.get_indices().tolist() for c in back.constraints] == [[0]]
     assert "ecutwfc" in text and "C.pbe-n-kjpaw_psl.1.0.0.UPF" in text
+    assert "&FCP" not in text and "&RISM" not in text  # empty, and unknown to pw.x 6
     with pytest.raises(ValueError, match="no file for O"):
         client(api).submit(atoms, pseudopotentials={"C": "C.UPF"})
 

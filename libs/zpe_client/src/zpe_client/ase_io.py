@@ -36,7 +36,27 @@ def pw_input(
         kpts=tuple(kpts) if kpts is not None else None,
         koffset=tuple(koffset),
     )
-    return out.getvalue()
+    return _drop_empty_namelists(out.getvalue())
+
+
+#: Namelists pw.x needs even when empty; ASE also writes empty ones that pw.x 6.x does
+#: not know (``&FCP``, ``&RISM``), which the API refuses.
+_REQUIRED = ("&CONTROL", "&SYSTEM", "&ELECTRONS")
+
+
+def _drop_empty_namelists(text: str) -> str:
+    lines = text.splitlines(keepends=True)
+    kept: list[str] = []
+    i = 0
+    while i < len(lines):
+        name = lines[i].strip().upper()
+        empty = i + 1 < len(lines) and lines[i + 1].strip() == "/"
+        if name.startswith("&") and empty and name not in _REQUIRED:
+            i += 2
+            continue
+        kept.append(lines[i])
+        i += 1
+    return "".join(kept)
 
 
 def is_atoms(value: object) -> bool:
