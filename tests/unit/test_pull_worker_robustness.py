@@ -156,3 +156,26 @@ def test_pull_command_refuses_a_token_file_of_another_api(
     code = main(["pull", "--api", "https://api-b", "--token-file", str(path), "--once"])
     assert code == 2
     assert "https://api-a" in capsys.readouterr().err
+
+
+def test_a_result_that_is_not_finite_is_a_permanent_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked on the worker against the wire model, as the API would refuse it."""
+    from zpe_client.models import TaskResult
+
+    def nan_result(*args: object, **kwargs: object) -> TaskResult:
+        return TaskResult(
+            energy_ev=float("nan"),
+            forces_ev_per_a=[[0.0, 0.0, 0.0]] * 2,
+            engine="mock",
+            engine_version="m",
+        )
+
+    monkeypatch.setattr("zpe_worker.pull.compute_task", nan_result)
+    settings = Settings(allowed_engines="mock")
+    worker, posts = pull_worker(tmp_path, settings)
+    worker._start(LeaseGranted.model_validate(grant(mock_spec(settings).model_dump(mode="json"))))
+    worker._drain()
+    assert [p["path"] for p in posts] == [f"/calc/zpe/compute/tasks/{'a' * 64}/failed"]
+    assert posts[0]["retryable"] is False and posts[0]["code"] == "result_refused"

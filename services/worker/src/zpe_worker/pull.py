@@ -86,6 +86,17 @@ def _in_progress(response: httpx.Response | None) -> bool:
     return problem_code(response) == "event_in_progress"
 
 
+def _result_refused(epoch: int, lease_id: str) -> FailureReport:
+    """A computed result the API does not take (not finite, malformed): a permanent failure."""
+    return FailureReport(
+        epoch=epoch,
+        lease_id=lease_id,
+        retryable=False,
+        code="result_refused",
+        reason="the API refused the computed result as invalid",
+    )
+
+
 # ---------------------------------------------------------------------- credentials
 
 
@@ -525,15 +536,19 @@ class PullWorker:
                 else None
             )
             result = compute_task(grant.spec, self.settings, task_id=task_id, densities=densities)
-            body = ResultBody.model_validate(result.model_dump(exclude={"worker_id"}))
-            outcome = ("result", ResultSubmission(epoch=epoch, lease_id=lease_id, result=body))
+            try:
+                body = ResultBody.model_validate(result.model_dump(exclude={"worker_id"}))
+                outcome = ("result", ResultSubmission(epoch=epoch, lease_id=lease_id, result=body))
+            except ValidationError as exc:  # what the API would refuse (e.g. a NaN force)
+                log.error("computed result is invalid", extra={**extra, "error": str(exc)})
+                outcome = ("failed", _result_refused(epoch, lease_id))
         except EngineError as exc:
             failure = FailureReport(
                 epoch=epoch,
                 lease_id=lease_id,
                 retryable=exc.retryable,
                 code=exc.code,
-                reason=exc.message[:2000],
+                reason=exc.message[:2000] or exc.code,
                 detail=(exc.detail or "")[-8000:] or None,
             )
             outcome = ("failed", failure)
@@ -562,14 +577,7 @@ class PullWorker:
             kind, report = outcome
             answer = self._report(task_id, kind, report)
             if answer == "invalid" and kind == "result":
-                refused = FailureReport(
-                    epoch=epoch,
-                    lease_id=lease_id,
-                    retryable=False,
-                    code="result_refused",
-                    reason="the API refused the computed result as invalid",
-                )
-                self._report(task_id, "failed", refused)
+                self._report(task_id, "failed", _result_refused(epoch, lease_id))
             log.info(
                 "task finished",
                 extra={
