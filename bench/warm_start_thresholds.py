@@ -1,13 +1,21 @@
 """Why warm starts moved frequencies: one molecule, the engine called directly,
-every point computed for each variant ``LABEL:c|w:CONV_THR`` (cold or warm, and the
-``conv_thr`` pw.x gets for the displaced points), one after another on one core.
+every point computed for each variant, one after another on one core. A variant is
 
-The engine's own tightening (``SCF_CONV_THR_FACTOR``) is switched off here so that
-each variant gets exactly the threshold named; the reference of a warm variant is
-computed at the task's own ``conv_thr``, without that tightening.
+  ``LABEL:c|w:CONV_THR``   cold or warm; pw.x gets exactly CONV_THR for the displaced
+                           points (the engine's ``SCF_CONV_THR_FACTOR`` switched off; the
+                           reference of a warm variant at the task's own ``conv_thr``,
+                           without that tightening), or
+  ``LABEL:c|w:xFACTOR``    cold or warm with the engine's ``SCF_CONV_THR_FACTOR`` set to
+                           FACTOR: every SCF, reference included, at conv_thr x FACTOR
+                           (what a job gets with that factor).
 
     uv run python bench/warm_start_thresholds.py nh3 --ecutwfc 25 --ecutrho 200 \\
         cold10:c:1e-10 warm10:w:1e-10 warm12:w:1e-12
+    uv run python bench/warm_start_thresholds.py nh3 --ecutwfc 20 --ecutrho 160 \\
+        cold3:c:x1e-3 warm3:w:x1e-3
+
+The molecule is ``samples/<name>_zpe.in`` or, for ch4 and co2, ASE's geometry in a
+10 A box (as in bench/warm_starts.py).
 
 Prints per variant: SCF iterations and pw.x CPU of the displaced points, the counted
 frequencies, their difference from the first variant, and the largest force difference.
@@ -16,8 +24,9 @@ frequencies, their difference from the first variant, and the largest force diff
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,15 +34,20 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from warm_starts import molecule_input, with_cutoffs  # noqa: E402
+
 PSEUDO_DIR = "/usr/share/espresso/pseudo"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("molecule", help="samples/<molecule>_zpe.in")
-    parser.add_argument("variants", nargs="+", help="LABEL:c|w:CONV_THR")
+    parser.add_argument("molecule", help="samples/<molecule>_zpe.in, or ch4 / co2")
+    parser.add_argument("variants", nargs="+", help="LABEL:c|w:CONV_THR or LABEL:c|w:xFACTOR")
     parser.add_argument("--ecutwfc", type=float, default=25.0)
     parser.add_argument("--ecutrho", type=float, default=200.0)
+    parser.add_argument("--json", default=None, help="Also write frequencies and forces here.")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"
 
@@ -43,10 +57,7 @@ def main() -> None:
     from zpe_core.physics.plan import build_plan
     from zpe_core.physics.qe_input import parse_qe_input, select_mobile
 
-    qe.SCF_CONV_THR_FACTOR = 1.0  # the thresholds below are exactly what pw.x gets
-    text = (ROOT / "samples" / f"{args.molecule}_zpe.in").read_text()
-    text = re.sub(r"ecutwfc\s*=\s*[\d.]+", f"ecutwfc = {args.ecutwfc}", text)
-    text = re.sub(r"ecutrho\s*=\s*[\d.]+", f"ecutrho = {args.ecutrho}", text)
+    text = with_cutoffs(molecule_input(args.molecule), args.ecutwfc, args.ecutrho)
     parsed = parse_qe_input(text)
     request = JobRequest(input_text=text)
     mobile = select_mobile(parsed, None, max_mobile=64)
@@ -70,13 +81,18 @@ def main() -> None:
         for spec_text in args.variants:
             label, mode, conv = spec_text.split(":")
             warm = mode == "w"
+            exact = not conv.startswith("x")
+            # exact: the thresholds are exactly what pw.x gets; else the engine's factor.
+            qe.SCF_CONV_THR_FACTOR = 1.0 if exact else float(conv[1:])
             cache = qe.WarmStartCache(Path(tmp) / f"cache-{label}") if warm else None
             engine = qe.QeEngine("pw.x", PSEUDO_DIR, 3600, version="qe-b", warm_start_cache=cache)
             forces: dict[str, Any] = {}
             iterations, cpu = 0, 0.0
             for i, planned in enumerate(plan.tasks):
                 displaced = planned.displacement.name != "eq"
-                spec = at(planned.spec, float(conv)) if displaced or not warm else planned.spec
+                spec = planned.spec
+                if exact and (displaced or not warm):
+                    spec = at(planned.spec, float(conv))
                 result = engine.compute(spec, Path(tmp) / f"{label}-{i}")
                 if displaced:
                     assert result.warm_started == warm
@@ -87,6 +103,8 @@ def main() -> None:
             rows[label] = {
                 "freqs": [m.frequency_cm for m in vib.modes if m.counted],
                 "forces": forces,
+                "iterations": iterations,
+                "cpu": cpu,
             }
             first = next(iter(rows.values()))
             dfreq = [a - b for a, b in zip(rows[label]["freqs"], first["freqs"], strict=True)]
@@ -102,6 +120,8 @@ def main() -> None:
                 f"max |dF| {dforce:.1e} eV/A (load {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
+            if args.json:
+                Path(args.json).write_text(json.dumps(rows, default=np.ndarray.tolist))
 
 
 if __name__ == "__main__":

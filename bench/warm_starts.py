@@ -1,25 +1,28 @@
-"""Warm starts that keep the frequencies, on every worker, with real pw.x.
+"""Symmetry-reduced plans and warm starts, with real pw.x, in one run.
 
 H2O, NH3 (samples/), CH4 and CO2 (ASE's geometries) in a 10 A box at low cutoffs,
 each computed as a whole job through the ``http-pull`` mode: one API process
 (``zpe serve``, file store) per variant and two ``zpe-worker pull`` processes
 per variant, each with its own warm-start cache, as if on two machines:
 
-  full-cold    ZPE_WARM_START=0 on the workers
-  full-warm    warm starts on (the default): the reference's density reaches the
-               other worker through the API (GET/PUT .../reference-density)
+  full-cold       request ``symmetry: off``, ZPE_WARM_START=0 on the workers
+  full-warm       ``symmetry: off``, warm starts on: the reference's density reaches
+                  the other worker through the API (GET/PUT .../reference-density)
+  symmetric-cold  ``symmetry: auto`` (only the symmetry-independent points), cold
+  symmetric-warm  ``symmetry: auto``, warm starts on
 
-Per molecule the two variants run back to back (alternating which goes first),
-and every figure carries the load average (1 min) before and after it. Printed:
-SCFs, SCF iterations, pw.x CPU (sum over tasks) and wall (submit -> done), the
-largest |difference| of the counted frequencies against full-cold, and the share
-of displaced points that started warm (and how many of those on the worker that
-did not compute the reference).
+Per molecule the variants run one after another (the order reversed for every other
+molecule), and every figure carries the load average (1 min) before and after it.
+Printed: SCFs, SCF iterations, pw.x CPU (sum over tasks) and wall (submit -> done),
+the largest |difference| of the counted frequencies against full-cold, and the share
+of displaced points that started warm (and how many of those on the worker that did
+not compute the reference).
 
     uv run python bench/warm_starts.py [--ecutwfc 20 --ecutrho 160] [--molecules ...]
+        [--variants ...] [--scf-conv-thr-factor F] [--json FILE]
 
-``--symmetry`` adds symmetric-cold / symmetric-warm (request field ``symmetry``:
-``auto``; the full variants then send ``off``).
+``--scf-conv-thr-factor`` sets ``zpe_core.engines.qe.SCF_CONV_THR_FACTOR`` in the
+workers (default: the engine's own).
 """
 
 from __future__ import annotations
@@ -52,6 +55,18 @@ PSEUDOS = {
     "N": ("14.0067", "N.pbe-kjpaw.UPF"),
     "O": ("15.9994", "O.pbe-kjpaw.UPF"),
 }
+
+VARIANTS: dict[str, tuple[bool, str]] = {  # name: (warm starts, request's symmetry)
+    "full-cold": (False, "off"),
+    "full-warm": (True, "off"),
+    "symmetric-cold": (False, "auto"),
+    "symmetric-warm": (True, "auto"),
+}
+WORKER_WITH_FACTOR = (
+    "import os, sys; import zpe_core.engines.qe as qe; "
+    "qe.SCF_CONV_THR_FACTOR = float(os.environ['BENCH_SCF_CONV_THR_FACTOR']); "
+    "from zpe_worker.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
 def load() -> str:
@@ -97,7 +112,9 @@ def molecule_input(name: str) -> str:
 class Stack:
     """One API (http-pull, file store) and two pull workers with their own caches."""
 
-    def __init__(self, workdir: Path, version: str, *, warm: bool) -> None:
+    def __init__(
+        self, workdir: Path, version: str, *, warm: bool, factor: float | None = None
+    ) -> None:
         self.workdir = workdir
         self.store_url = f"file://{workdir / 'store'}"
         self.port = free_port()
@@ -139,8 +156,10 @@ class Stack:
                 "ZPE_PW_COMMAND": "pw.x",
             }
             worker_env.pop("ZPE_STORE_URL", None)
+            # The factor is a module constant of the engine: set it in the worker's process.
+            entry = ["-m", "zpe_worker.cli"] if factor is None else ["-c", WORKER_WITH_FACTOR]
             argv = [
-                sys.executable, "-m", "zpe_worker.cli", "pull",
+                sys.executable, *entry, "pull",
                 "--api", self.url,
                 "--token-file", str(workdir / f"w{i}.token.json"),
                 "--enroll-token", token,
@@ -149,6 +168,8 @@ class Stack:
                 "--poll-wait", "1",
                 "--idle-max", "0.5",
             ]  # fmt: skip
+            if factor is not None:
+                worker_env["BENCH_SCF_CONV_THR_FACTOR"] = repr(factor)
             self._spawn(f"w{i}", argv, worker_env)
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
@@ -190,6 +211,12 @@ class Stack:
             "iterations": sum(r.scf_iterations or 0 for _, r in tasks),
             "cpu": sum(r.cpu_seconds or 0.0 for _, r in tasks),
             "counted": [m["frequency_cm"] for m in result["modes"] if m["counted"]],
+            "symmetry": (
+                f"{sym['spacegroup'] or '-'} {sym['points_computed']}/{sym['points_full']}"
+                + (f" ({sym['reason']})" if sym.get("reason") else "")
+                if (sym := result.get("symmetry"))
+                else None
+            ),
             "displaced": len(displaced),
             "warm": sum(r.warm_started for r in displaced),
             "warm_elsewhere": sum(
@@ -213,25 +240,21 @@ def main() -> None:
     parser.add_argument("--ecutwfc", type=float, default=20.0)
     parser.add_argument("--ecutrho", type=float, default=160.0)
     parser.add_argument("--molecules", nargs="*", default=list(MOLECULES))
-    parser.add_argument("--symmetry", action="store_true", help="Also symmetric-cold/-warm.")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--scf-conv-thr-factor", type=float, default=None)
     parser.add_argument("--json", default=None, help="Also write the raw figures here.")
     args = parser.parse_args()
-    from zpe_core.engines.qe import detect_pw_version
+    from zpe_core.engines.qe import SCF_CONV_THR_FACTOR, detect_pw_version
 
     version = f"qe-{detect_pw_version('pw.x')}"
-    variants: list[tuple[str, bool, dict[str, Any]]] = [
-        ("full-cold", False, {}),
-        ("full-warm", True, {}),
-    ]
-    if args.symmetry:
-        variants = [(n, w, {"symmetry": "off"}) for n, w, _ in variants] + [
-            ("symmetric-cold", False, {"symmetry": "auto"}),
-            ("symmetric-warm", True, {"symmetry": "auto"}),
-        ]
+    factor = args.scf_conv_thr_factor
+    variants = [(name, *VARIANTS[name]) for name in args.variants]
     print(
-        f"warm starts, real pw.x ({version}), ecutwfc={args.ecutwfc} ecutrho={args.ecutrho} Ry, "
-        f"conv_thr 1e-10, delta 0.01 A, http-pull with 2 single-core workers per variant, "
-        f"nproc={os.cpu_count()}; load = 1-min load average",
+        f"symmetry and warm starts, real pw.x ({version}), ecutwfc={args.ecutwfc} "
+        f"ecutrho={args.ecutrho} Ry, conv_thr 1e-10 (pw.x gets x"
+        f"{SCF_CONV_THR_FACTOR if factor is None else factor:g}), delta 0.01 A, "
+        f"http-pull with 2 single-core workers per variant, nproc={os.cpu_count()}; "
+        f"load = 1-min load average",
         flush=True,
     )
     results: dict[str, dict[str, Any]] = {}
@@ -240,19 +263,20 @@ def main() -> None:
         try:
             for name, warm, _ in variants:
                 (Path(tmp) / name).mkdir()
-                stacks[name] = Stack(Path(tmp) / name, version, warm=warm)
+                stacks[name] = Stack(Path(tmp) / name, version, warm=warm, factor=factor)
             for i, mol in enumerate(args.molecules):
                 text = with_cutoffs(molecule_input(mol), args.ecutwfc, args.ecutrho)
                 order = variants if i % 2 == 0 else variants[::-1]
-                for name, _, extra in order:
+                for name, _, symmetry in order:
                     before = load()
-                    res = stacks[name].run_job(text, extra)
+                    res = stacks[name].run_job(text, {"symmetry": symmetry})
                     res["load"] = f"{before} -> {load()}"
                     results.setdefault(mol, {})[name] = res
                     print(
                         f"  {mol:>4} {name:<15} {res['scfs']:3d} SCFs {res['iterations']:4d} it "
                         f"CPU {res['cpu']:7.1f} s wall {res['wall']:7.1f} s  "
-                        f"warm {res['warm']}/{res['displaced']}  (load {res['load']})",
+                        f"warm {res['warm']}/{res['displaced']}  symmetry {res['symmetry']}  "
+                        f"(load {res['load']})",
                         flush=True,
                     )
                     if args.json:
@@ -269,7 +293,8 @@ def main() -> None:
     total_disp = total_warm = 0
     for mol, per in results.items():
         cold = per.get("full-cold")
-        for name, res in per.items():
+        for name in [n for n in VARIANTS if n in per]:
+            res = per[name]
             diff = (
                 max(abs(a - b) for a, b in zip(res["counted"], cold["counted"], strict=True))
                 if cold and len(res["counted"]) == len(cold["counted"])
@@ -283,8 +308,8 @@ def main() -> None:
             if name.endswith("-warm"):
                 total_disp += res["displaced"]
                 total_warm += res["warm"]
-        if cold:
-            print(f"|  | full-cold frequencies | {' '.join(f'{f:.2f}' for f in cold['counted'])} |")
+        for name, res in per.items():
+            print(f"  {mol} {name}: counted {' '.join(f'{f:.3f}' for f in res['counted'])}")
     if total_disp:
         print(
             f"\nsplit-mode workers warm-started {total_warm}/{total_disp} displaced points "
