@@ -28,9 +28,11 @@ status=0
 # Local processes first (auto would pick the containers now that an engine answers).
 ZPE_TEST_SERVERS="${ZPE_TEST_SERVERS:-local}" uv run pytest "$@" || status=$?
 if [ $# -eq 0 ]; then
-  # The store, contract and chaos suites again, their servers in containers (testcontainers).
+  # The store, contract and chaos suites again, their servers in containers (testcontainers),
+  # and the cloud-tasks deployment rehearsal on the product images (docs/testing.md).
   echo "==> pytest, servers in containers (ZPE_TEST_SERVERS=docker)"
-  ZPE_TEST_SERVERS=docker uv run pytest tests/contract tests/integration/test_api_stores.py tests/chaos ||
+  ZPE_TEST_SERVERS=docker uv run pytest tests/contract tests/integration/test_api_stores.py tests/chaos \
+    tests/infra/test_rehearsal.py::test_cloud_tasks_deployment_computes_h2 ||
     status=$?
 fi
 exit $status

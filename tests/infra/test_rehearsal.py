@@ -7,6 +7,13 @@ ENTRYPOINT + CMD) and exactly the planned environment. The only changes are list
 the Cloud Tasks emulator for the queue), the values Google assigns at apply time and the
 secrets get local or test values, and Google-signed credentials a test secret. If the plan
 leaves out something a service needs, the rehearsal fails; it adds nothing else.
+
+Where they run is the ``launcher`` fixture's choice, by ``ZPE_TEST_SERVERS`` like the other
+servers: ``local`` runs them as processes on this machine (:class:`LocalProcessLauncher`),
+``docker`` runs the images themselves (``zpe-api:local``, ``zpe-worker:local`` from
+``scripts/docker-images.sh``) with the Tasks emulator and fake-gcs-server in containers on
+one Docker network (:class:`ContainerLauncher`); ``auto`` picks docker when an engine answers.
+CI runs the cloud-tasks rehearsal both ways (``scripts/test.sh``, docs/testing.md).
 """
 
 from __future__ import annotations
@@ -23,18 +30,23 @@ import httpx
 import pytest
 
 from tests.conftest import require_or_skip
-from tests.fixtures.cloud_tasks import TasksEmulator
-from tests.fixtures.servers import GcsServer, free_port
+from tests.fixtures.servers import GcsServer, docker_available, docker_image_present, server_runtime
 from tests.infra.plan import Plan
 from tests.infra.rehearsal import (
     DOCKERFILES,
+    GCS_IMAGE,
+    POD_IMAGE,
     ROOT,
+    TASKS_IMAGE,
+    ContainerLauncher,
     Launcher,
     LocalProcessLauncher,
     PlannedService,
     Running,
     ServiceSpec,
+    Site,
     image_config,
+    local_engine_version,
     planned_services,
     wait_healthy,
 )
@@ -57,26 +69,39 @@ class Substitutions:
     google_endpoints: dict[str, str]  # env pointing Google's client libraries at emulators
     assigned_by_google: dict[str, str]  # env whose value Google assigns at apply time
     credentials: dict[str, str]  # env standing in for Google-signed OIDC tokens
-    runtime: dict[str, str]  # what Cloud Run and the image's OS provide, on this machine
-    paths: dict[str, str]  # image path -> local path (in ENV values)
-    # The address the command listens on: Cloud Run routes to 0.0.0.0 in the container;
-    # here a local process, reached (and reachable) on loopback only.
-    listen: dict[str, str]
+    runtime: dict[str, str]  # what Cloud Run and the image's OS provide (processes only)
+    paths: dict[str, str]  # image path -> local path in ENV values (processes only)
+    images: dict[str, str]  # planned image -> the image built here from its Dockerfile
+    ports: dict[str, int]  # service -> PORT (Cloud Run gives each container its own)
+    # The address a command listens on: Cloud Run routes to 0.0.0.0 in the container. The
+    # worker takes the emulator's push secret, which zpe_worker.serve accepts on loopback
+    # only, so it listens on 127.0.0.1 (the emulator shares its loopback). The API does too
+    # as a local process (nothing off this machine should reach it); in a container it
+    # listens as planned, reached through its published port.
+    listen: dict[str, dict[str, str]]  # service -> {planned text: local text} in its command
 
 
 def substitutions(
-    *, gcs: GcsServer, tasks: TasksEmulator | None, worker_url: str | None, home: Path
+    services: dict[str, PlannedService], site: Site, launcher: Launcher, *, home: Path
 ) -> Substitutions:
+    loopback = {"--host 0.0.0.0": "--host 127.0.0.1"}
+    pushed_to = {"zpe-worker"} if site.tasks_emulator_host else set()
     return Substitutions(
         secrets={"zpe-admin-token": ADMIN_TOKEN},
         google_endpoints={
-            "STORAGE_EMULATOR_HOST": gcs.emulator_host,
-            **({"ZPE_TASKS_EMULATOR_HOST": tasks.host} if tasks else {}),
+            "STORAGE_EMULATOR_HOST": site.storage_emulator_host,
+            **(
+                {"ZPE_TASKS_EMULATOR_HOST": site.tasks_emulator_host}
+                if site.tasks_emulator_host
+                else {}
+            ),
         },
-        # The worker's run.app URL is Google's; here the local worker process.
-        assigned_by_google={"ZPE_WORKER_URL": worker_url} if worker_url else {},
+        # The worker's run.app URL is Google's; here the rehearsal's worker.
+        assigned_by_google={"ZPE_WORKER_URL": site.urls["zpe-worker"]}
+        if "zpe-worker" in services
+        else {},
         # The emulator pushes without an OIDC token: API and worker share a push secret.
-        credentials={"ZPE_PUSH_SHARED_SECRET": PUSH_SECRET} if tasks else {},
+        credentials={"ZPE_PUSH_SHARED_SECRET": PUSH_SECRET} if site.tasks_emulator_host else {},
         runtime={
             "HOME": str(home),  # the image's /home/zpe
             # The image runs as uid 10001; here we may be root, which Open MPI refuses.
@@ -87,23 +112,26 @@ def substitutions(
             "/app/.venv/bin": str(ROOT / ".venv" / "bin"),  # the image's venv: this checkout's
             "$PATH": "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",  # python image's PATH
         },
-        listen={"--host 0.0.0.0": "--host 127.0.0.1"},
+        # cloudbuild.yaml pushes these and Terraform pins their digests.
+        images={s.image: f"{s.image_name}:local" for s in services.values()},
+        ports=site.ports,
+        listen={name: loopback for name in services if name in pushed_to or not launcher.contained},
     )
 
 
-def service_spec(
-    planned: PlannedService, subs: Substitutions, port: int, workdir: Path
-) -> ServiceSpec:
-    """The planned container as a process: image ENV < Cloud Run env < planned env."""
+def service_spec(planned: PlannedService, subs: Substitutions, workdir: Path) -> ServiceSpec:
+    """The planned container: image ENV < Cloud Run env < planned env (a process gets them
+    all; a container gets ``container_env`` and its image brings the rest)."""
     image = image_config(DOCKERFILES[planned.image_name])
     if planned.command:  # Cloud Run semantics: command replaces ENTRYPOINT (and CMD)
         argv = planned.command + (planned.args or [])
     else:
         argv = image.entrypoint + (planned.args or image.cmd)
-    for planned_text, local in subs.listen.items():
+    for planned_text, local in subs.listen.get(planned.name, {}).items():
         argv = [arg.replace(planned_text, local) for arg in argv]
-    # What Cloud Run gives the container: PORT (the container port; here a free one), then
+    # What Cloud Run gives the container: PORT (the container port; here the site's), then
     # the planned env, with secrets, Google-assigned values and endpoints substituted.
+    port = subs.ports[planned.name]
     container = {"PORT": str(port), **planned.env}
     for name, secret in planned.secret_env.items():
         assert secret in subs.secrets, f"{planned.name}: {name} reads unknown secret {secret}"
@@ -122,13 +150,15 @@ def service_spec(
     env.update(container)
     return ServiceSpec(
         planned.name,
-        planned.image,
+        subs.images[planned.image],
         argv,
         env,
         container,
         port,
         planned.startup_path,
         workdir / planned.name,
+        planned.reached_from_outside,
+        planned.limits,
     )
 
 
@@ -190,19 +220,29 @@ def assert_anonymous_refused(api: str) -> None:
 
 
 @pytest.fixture
-def launcher() -> Launcher:
-    """How a planned service starts (a container launcher can replace it)."""
-    return LocalProcessLauncher()
+def launcher(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Launcher]:
+    """Where the planned services run: processes here, or their images in containers
+    (``ZPE_TEST_SERVERS``: docker, or auto with an engine answering)."""
+    if server_runtime() == "docker":
+        require_or_skip(docker_available(), "a Docker engine (scripts/docker-images.sh starts one)")
+        for image in ("zpe-api:local", "zpe-worker:local", POD_IMAGE, GCS_IMAGE, TASKS_IMAGE):
+            require_or_skip(docker_image_present(image), f"{image} (bash scripts/docker-images.sh)")
+        containers = ContainerLauncher(tmp_path / "logs")
+        try:
+            yield containers
+        finally:
+            containers.close()
+        return
+    require_or_skip(shutil.which("pw.x") is not None, "pw.x (apt-get install quantum-espresso)")
+    gcs_for: Callable[[str], GcsServer] = request.getfixturevalue("gcs_for")
+    yield LocalProcessLauncher(gcs_for, lambda: request.getfixturevalue("tasks_emulator"))
 
 
 @pytest.fixture
 def local_qe_version() -> str:
+    """What this machine's pw.x reports (the http-pull rehearsal's pull worker runs here)."""
     require_or_skip(shutil.which("pw.x") is not None, "pw.x (apt-get install quantum-espresso)")
-    proc = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "zpe-worker"), "qe-version", "--pw-command", "pw.x"],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
-    return proc.stdout.strip()
+    return local_engine_version()
 
 
 @pytest.fixture
@@ -220,7 +260,7 @@ def planned_bucket(plan: Plan) -> str:
 
 
 @pytest.fixture
-def gcs_for(tmp_path: Path) -> Iterator[Callable[[str], GcsServer]]:
+def gcs_for() -> Iterator[Callable[[str], GcsServer]]:
     servers: list[GcsServer] = []
 
     def start(bucket: str) -> GcsServer:
@@ -235,11 +275,13 @@ def gcs_for(tmp_path: Path) -> Iterator[Callable[[str], GcsServer]]:
         server.close()
 
 
-def _planned_qe_version(services: dict[str, PlannedService], local: str) -> str:
+def _planned_qe_version(services: dict[str, PlannedService], reported: str) -> str:
     versions = {s.env.get("ZPE_QE_VERSION") for s in services.values()}
     assert len(versions) == 1, f"the services disagree on ZPE_QE_VERSION: {versions}"
     (version,) = versions
-    assert version == local, f"planned ZPE_QE_VERSION {version} but this pw.x is {local}"
+    assert version == reported, (
+        f"planned ZPE_QE_VERSION {version} but the worker's pw.x is {reported}"
+    )
     assert version is not None
     return version
 
@@ -249,35 +291,29 @@ def _planned_qe_version(services: dict[str, PlannedService], local: str) -> str:
 
 def test_cloud_tasks_deployment_computes_h2(
     plans: Callable[[str, str], Plan],
-    tasks_emulator: TasksEmulator,
-    gcs_for: Callable[[str], GcsServer],
     launcher: Launcher,
     started: list[Running],
-    local_qe_version: str,
     tmp_path: Path,
 ) -> None:
     plan = plans(GOOGLE, "cloud-tasks")
     services = planned_services(plan)
     assert set(services) == {"zpe-api", "zpe-worker"}
-    qe_version = _planned_qe_version(services, local_qe_version)
-    gcs = gcs_for(planned_bucket(plan))
+    site = launcher.open_site(list(services.values()), bucket=planned_bucket(plan), tasks=True)
+    subs = substitutions(services, site, launcher, home=tmp_path)
+    worker_spec = service_spec(services["zpe-worker"], subs, tmp_path)
+    qe_version = _planned_qe_version(services, launcher.engine_version(worker_spec.image))
     queue = services["zpe-api"].env["ZPE_TASKS_QUEUE"]
     parent = queue.rsplit("/queues/", 1)[0]
+    assert site.tasks_client is not None
     try:  # terraform creates the queue; here in the emulator
-        tasks_emulator.client().create_queue(request={"parent": parent, "queue": {"name": queue}})
+        site.tasks_client().create_queue(request={"parent": parent, "queue": {"name": queue}})
     except Exception as exc:  # AlreadyExists from an earlier run in this session
         assert "exists" in str(exc).lower(), exc
 
-    worker_port = free_port()
-    worker_url = f"http://127.0.0.1:{worker_port}"
-    subs = substitutions(gcs=gcs, tasks=tasks_emulator, worker_url=worker_url, home=tmp_path)
-    started.append(
-        launcher.start(service_spec(services["zpe-worker"], subs, worker_port, tmp_path))
-    )
-    api_spec = service_spec(services["zpe-api"], subs, free_port(), tmp_path)
-    api = launcher.start(api_spec)
+    started.append(launcher.start(worker_spec))
+    api = launcher.start(service_spec(services["zpe-api"], subs, tmp_path))
     started.append(api)
-    wait_healthy(api, "/readyz", None)  # the smoke check of cloudbuild.yaml
+    wait_healthy(api, "/readyz")  # the smoke check of cloudbuild.yaml
 
     assert_anonymous_refused(api.url)
     result = run_h2_job(api.url, first_api_key(api.url))
@@ -286,7 +322,6 @@ def test_cloud_tasks_deployment_computes_h2(
 
 def test_http_pull_deployment_computes_h2_with_an_enrolled_pull_worker(
     plans: Callable[[str, str], Plan],
-    gcs_for: Callable[[str], GcsServer],
     launcher: Launcher,
     started: list[Running],
     local_qe_version: str,
@@ -296,11 +331,11 @@ def test_http_pull_deployment_computes_h2_with_an_enrolled_pull_worker(
     services = planned_services(plan)
     assert set(services) == {"zpe-api"}
     qe_version = _planned_qe_version(services, local_qe_version)
-    gcs = gcs_for(planned_bucket(plan))
-    subs = substitutions(gcs=gcs, tasks=None, worker_url=None, home=tmp_path)
-    api = launcher.start(service_spec(services["zpe-api"], subs, free_port(), tmp_path))
+    site = launcher.open_site(list(services.values()), bucket=planned_bucket(plan), tasks=False)
+    subs = substitutions(services, site, launcher, home=tmp_path)
+    api = launcher.start(service_spec(services["zpe-api"], subs, tmp_path))
     started.append(api)
-    wait_healthy(api, "/readyz", None)
+    wait_healthy(api, "/readyz")
 
     assert_anonymous_refused(api.url)
     key = first_api_key(api.url)
