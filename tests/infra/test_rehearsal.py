@@ -52,7 +52,13 @@ from tests.infra.rehearsal import (
 )
 
 # 13 small SCFs: about a minute on an idle 2-core machine, far longer on a loaded one.
-pytestmark = [pytest.mark.slow, pytest.mark.pwx, pytest.mark.timeout(1800)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.pwx,
+    pytest.mark.timeout(1800),
+    # Before the (session-scoped, minutes-long) plans: a missing engine skips at once.
+    pytest.mark.usefixtures("rehearsal_runtime"),
+]
 
 GOOGLE = "6.50.0"
 ADMIN_TOKEN = "rehearsal-admin-token-0123456789abcdef"
@@ -219,21 +225,32 @@ def assert_anonymous_refused(api: str) -> None:
 # --- fixtures -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def launcher(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Launcher]:
-    """Where the planned services run: processes here, or their images in containers
-    (``ZPE_TEST_SERVERS``: docker, or auto with an engine answering)."""
-    if server_runtime() == "docker":
+@pytest.fixture(scope="session")
+def rehearsal_runtime() -> str:
+    """``docker`` or ``local`` (``ZPE_TEST_SERVERS``), once what that needs is here."""
+    runtime = server_runtime()
+    if runtime == "docker":
         require_or_skip(docker_available(), "a Docker engine (scripts/docker-images.sh starts one)")
         for image in ("zpe-api:local", "zpe-worker:local", POD_IMAGE, GCS_IMAGE, TASKS_IMAGE):
             require_or_skip(docker_image_present(image), f"{image} (bash scripts/docker-images.sh)")
+    else:
+        require_or_skip(shutil.which("pw.x") is not None, "pw.x (apt-get install quantum-espresso)")
+    return runtime
+
+
+@pytest.fixture
+def launcher(
+    request: pytest.FixtureRequest, rehearsal_runtime: str, tmp_path: Path
+) -> Iterator[Launcher]:
+    """Where the planned services run: processes here, or their images in containers
+    (``ZPE_TEST_SERVERS``: docker, or auto with an engine answering)."""
+    if rehearsal_runtime == "docker":
         containers = ContainerLauncher(tmp_path / "logs")
         try:
             yield containers
         finally:
             containers.close()
         return
-    require_or_skip(shutil.which("pw.x") is not None, "pw.x (apt-get install quantum-espresso)")
     gcs_for: Callable[[str], GcsServer] = request.getfixturevalue("gcs_for")
     yield LocalProcessLauncher(gcs_for, lambda: request.getfixturevalue("tasks_emulator"))
 
