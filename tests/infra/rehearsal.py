@@ -216,7 +216,8 @@ class LocalProcess:
 
     def probe(self, path: str) -> bool:
         try:
-            return httpx.get(self.url + path, timeout=2).status_code == 200
+            # 5 s: a busy server answers late (as tests.fixtures.servers.wait_until_up)
+            return httpx.get(self.url + path, timeout=5).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -337,7 +338,7 @@ class Container:
     def probe(self, path: str) -> bool:
         if self.url:  # published on this machine's loopback: as a client reaches it
             try:
-                return httpx.get(self.url + path, timeout=2).status_code == 200
+                return httpx.get(self.url + path, timeout=5).status_code == 200
             except httpx.HTTPError:
                 return False
         # Not published (private, like the worker): from inside, as Cloud Run's probe does.
