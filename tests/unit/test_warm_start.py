@@ -24,8 +24,9 @@ from zpe_core.engines.qe import (
     unpack_outdir,
 )
 from zpe_core.errors import EngineError
+from zpe_core.jobs.compute import compute_task
 from zpe_core.jobs.models import QeCalcSpec, TaskSpec
-from zpe_core.jobs.runner import StoreDensities, compute_task
+from zpe_core.jobs.runner import StoreDensities
 from zpe_core.physics.plan import pseudo_digest, task_key
 from zpe_core.settings import Settings
 from zpe_core.store.memory import MemoryJobStore

@@ -37,6 +37,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zpe_core import __version__
+from zpe_core.bootstrap import worker_service
 from zpe_core.edge.body_limit import BodyLimit
 from zpe_core.errors import (
     STORE_UNAVAILABLE_REASON,
@@ -50,7 +51,6 @@ from zpe_core.jobs.runner import Outcome, run_task
 from zpe_core.jobs.service import JobService
 from zpe_core.observability.logs import REQUEST_ID_HEADER, log_context, valid_request_id
 from zpe_core.settings import Settings, get_settings
-from zpe_core.store import open_store
 from zpe_worker.auth import AuthError, PushAuthenticator
 
 log = logging.getLogger("zpe.worker")
@@ -122,8 +122,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = open_store(settings.store_url, max_artifact_bytes=settings.max_artifact_bytes)
-        app.state.service = JobService(store, None, settings)
+        service = worker_service(settings)
+        store = service.store
+        app.state.service = service
         log.info("worker started", extra={"worker_id": worker_id, "auth": _auth_modes()})
         try:
             yield

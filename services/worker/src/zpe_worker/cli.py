@@ -13,11 +13,8 @@ import socket
 import sys
 from pathlib import Path
 
-from zpe_core.jobs.runner import Outcome, run_task
-from zpe_core.jobs.service import JobService
 from zpe_core.observability.logs import configure_logging
 from zpe_core.settings import Settings
-from zpe_core.store import open_store
 
 
 def default_worker_id() -> str:
@@ -25,9 +22,12 @@ def default_worker_id() -> str:
 
 
 def cmd_run_task(args: argparse.Namespace) -> int:
+    # Imported here: ``zpe-worker pull`` must not load the store or the service.
+    from zpe_core.bootstrap import worker_service
+    from zpe_core.jobs.runner import Outcome, run_task
+
     settings = Settings()
-    store = open_store(settings.store_url, max_artifact_bytes=settings.max_artifact_bytes)
-    outcome = run_task(JobService(store, None, settings), args.task_id, args.worker_id)
+    outcome = run_task(worker_service(settings), args.task_id, args.worker_id)
     print(outcome.value)
     return 0 if outcome in (Outcome.COMMITTED, Outcome.SKIPPED, Outcome.ABANDONED) else 1
 
