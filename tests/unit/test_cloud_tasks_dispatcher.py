@@ -17,14 +17,13 @@ from pydantic import SecretStr
 
 from tests.fixtures.cloud_tasks import TasksEmulator
 from tests.fixtures.servers import free_port
-from zpe_core.dispatch.base import DispatchError
 from zpe_core.dispatch.cloud_tasks import (
     CloudTasksDispatcher,
     task_id_of,
     task_name,
     validate_settings,
 )
-from zpe_core.errors import ConfigurationError
+from zpe_core.errors import ConfigurationError, DispatchError
 from zpe_core.jobs.models import JobRequest, JobState, Task, TaskSpec, TaskState, now
 from zpe_core.jobs.service import JobService
 from zpe_core.settings import Settings

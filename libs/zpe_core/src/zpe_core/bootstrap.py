@@ -19,6 +19,7 @@ from zpe_core.control.compute_servers import ComputeRegistry
 from zpe_core.dispatch.base import JobDispatcher, PullDispatcher
 from zpe_core.dispatch.inprocess import InProcessDispatcher, TaskRun
 from zpe_core.errors import ConfigurationError, ZpeError
+from zpe_core.extras import require_extra
 from zpe_core.jobs.maintenance import Reaper
 from zpe_core.jobs.runner import run_task
 from zpe_core.jobs.service import JobService
@@ -50,6 +51,7 @@ def build_dispatcher(settings: Settings, store: JobStore, run_here: TaskRun) -> 
         return PullDispatcher()
     if settings.execution_mode == "cloud-tasks":
         # Imported here: only this mode loads gRPC and the Cloud Tasks client.
+        require_extra("google.cloud.tasks_v2", "cloud-tasks", "ZPE_EXECUTION_MODE=cloud-tasks")
         from zpe_core.dispatch.cloud_tasks import CloudTasksDispatcher
 
         return CloudTasksDispatcher(settings)

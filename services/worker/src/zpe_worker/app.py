@@ -39,9 +39,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from zpe_core import __version__
 from zpe_core.bootstrap import worker_service
 from zpe_core.edge.body_limit import BodyLimit
+from zpe_core.edge.problems import PROBLEM_JSON, problem_body, problem_headers
 from zpe_core.errors import (
     STORE_UNAVAILABLE_REASON,
     NotFound,
+    PushAuthError,
     StateConflict,
     StoreUnavailable,
     ZpeError,
@@ -51,7 +53,7 @@ from zpe_core.jobs.runner import Outcome, run_task
 from zpe_core.jobs.service import JobService
 from zpe_core.observability.logs import REQUEST_ID_HEADER, log_context, valid_request_id
 from zpe_core.settings import Settings, get_settings
-from zpe_worker.auth import AuthError, PushAuthenticator
+from zpe_worker.auth import PushAuthenticator
 
 log = logging.getLogger("zpe.worker")
 
@@ -70,10 +72,10 @@ class RunRequest(BaseModel):
 
 
 def _problem(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
-    body = {"type": "about:blank", "title": code.replace("_", " "), "status": status}
-    body |= {"code": code, "detail": detail, **extra}
-    headers = {"Retry-After": "5"} if status == 503 else None
-    return JSONResponse(body, status, media_type="application/problem+json", headers=headers)
+    """Problem details, built (and redacted) like every answer of the API."""
+    body = problem_body(status, code, code.replace("_", " "), detail, **extra)
+    headers = problem_headers({"Retry-After": "5"} if status == 503 else None)
+    return JSONResponse(body, status, media_type=PROBLEM_JSON, headers=headers)
 
 
 class InFlight:
@@ -173,7 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             peer = request.client.host if request.client else None
             caller = await asyncio.to_thread(authenticator.authenticate, headers, peer)
-        except AuthError as exc:
+        except PushAuthError as exc:
             log.warning("push request refused", extra={"code": exc.code, "status": exc.status})
             return _problem(exc.status, exc.code, exc.message)
         if draining.is_set():

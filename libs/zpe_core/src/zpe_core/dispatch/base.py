@@ -5,16 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-from zpe_core.errors import ErrorSource, ZpeError
 from zpe_core.jobs.models import Task
-
-
-class DispatchError(ZpeError):
-    """A task could not be handed to any worker (after the dispatcher's own retries)."""
-
-    code = "dispatch_failed"
-    source = ErrorSource.DISPATCH
-    retryable = True
 
 
 class JobDispatcher(ABC):

@@ -32,9 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from zpe_core.dispatch.base import DispatchError, JobDispatcher
+from zpe_core.dispatch.base import JobDispatcher
 from zpe_core.edge.hosts import is_loopback
-from zpe_core.errors import ConfigurationError
+from zpe_core.errors import ConfigurationError, DispatchError
 from zpe_core.jobs.models import Task, now
 from zpe_core.observability.logs import REQUEST_ID_HEADER, current_request_id
 from zpe_core.settings import Settings

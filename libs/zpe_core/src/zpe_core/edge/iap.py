@@ -15,8 +15,14 @@ ingress (``ZPE_INGRESS``), so the proxy is the only way in.
 
 from __future__ import annotations
 
-from zpe_core.edge.id_tokens import CachingRequest, CertsUnavailable, TokenRejected, TokenVerifier
-from zpe_core.errors import AuthUnavailable, ConfigurationError, Unauthorized
+from zpe_core.edge.id_tokens import CachingRequest, TokenVerifier
+from zpe_core.errors import (
+    AuthUnavailable,
+    CertsUnavailable,
+    ConfigurationError,
+    TokenRejected,
+    Unauthorized,
+)
 from zpe_core.settings import Settings
 
 ASSERTION_HEADER = "X-Goog-IAP-JWT-Assertion"

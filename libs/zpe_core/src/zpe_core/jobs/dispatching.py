@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from zpe_core.dispatch.base import DispatchError, JobDispatcher
+from zpe_core.dispatch.base import JobDispatcher
+from zpe_core.errors import DispatchError
 from zpe_core.jobs.models import Task, error_info, now
 from zpe_core.jobs.outcomes import TaskOutcomes
 from zpe_core.observability import metrics
