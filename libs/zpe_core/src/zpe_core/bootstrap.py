@@ -24,23 +24,23 @@ from zpe_core.jobs.maintenance import Reaper
 from zpe_core.jobs.runner import run_task
 from zpe_core.jobs.service import JobService
 from zpe_core.observability.logs import log_context
-from zpe_core.settings import Settings
+from zpe_core.settings import ApiSettings, ServiceSettings
 from zpe_core.store import JobStore, open_store
 
 log = logging.getLogger("zpe.bootstrap")
 
 
-def open_job_store(settings: Settings) -> JobStore:
+def open_job_store(settings: ServiceSettings) -> JobStore:
     """The store ``ZPE_STORE_URL`` names, with the artifact cap of ``settings``."""
     return open_store(settings.store_url, max_artifact_bytes=settings.max_artifact_bytes)
 
 
-def worker_service(settings: Settings, store: JobStore | None = None) -> JobService:
+def worker_service(settings: ServiceSettings, store: JobStore | None = None) -> JobService:
     """A worker's service: runs and settles tasks, never dispatches."""
     return JobService(store if store is not None else open_job_store(settings), None, settings)
 
 
-def build_dispatcher(settings: Settings, store: JobStore, run_here: TaskRun) -> JobDispatcher:
+def build_dispatcher(settings: ApiSettings, store: JobStore, run_here: TaskRun) -> JobDispatcher:
     """The dispatcher ``ZPE_EXECUTION_MODE`` names. ``run_here`` runs a task in this
     process (the in-process pool's threads, used when the store is not shared)."""
     if settings.execution_mode == "inprocess":
@@ -64,7 +64,7 @@ def build_dispatcher(settings: Settings, store: JobStore, run_here: TaskRun) -> 
 class ControlPlane:
     """What the API runs on: the store, the dispatcher, the service and the reaper."""
 
-    settings: Settings
+    settings: ApiSettings
     store: JobStore
     dispatcher: JobDispatcher
     service: JobService
@@ -78,7 +78,7 @@ class ControlPlane:
         )
 
     @classmethod
-    def open(cls, settings: Settings) -> ControlPlane:
+    def open(cls, settings: ApiSettings) -> ControlPlane:
         """Open the store and build the dispatcher and the service (nothing started)."""
         store = open_job_store(settings)
         service: JobService | None = None
@@ -125,7 +125,7 @@ _pool_service: JobService | None = None
 
 def _init_pool_process(settings_json: str) -> None:
     global _pool_service
-    _pool_service = worker_service(Settings.model_validate_json(settings_json))
+    _pool_service = worker_service(ServiceSettings.model_validate_json(settings_json))
 
 
 def _run_in_pool_process(task_id: str, request_id: str | None) -> str:

@@ -22,12 +22,12 @@ from zpe_core import __version__
 from zpe_core.bootstrap import ControlPlane
 from zpe_core.edge.body_limit import BodyLimit, RouteLimit
 from zpe_core.edge.iap import IapVerifier
-from zpe_core.settings import Settings, get_settings
+from zpe_core.settings import ApiSettings, get_settings
 
 log = logging.getLogger("zpe.api")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """Build the API app for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
 

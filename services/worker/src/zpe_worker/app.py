@@ -52,7 +52,7 @@ from zpe_core.jobs.models import Task, TaskState
 from zpe_core.jobs.runner import Outcome, run_task
 from zpe_core.jobs.service import JobService
 from zpe_core.observability.logs import REQUEST_ID_HEADER, log_context, valid_request_id
-from zpe_core.settings import Settings, get_settings
+from zpe_core.settings import PushWorkerSettings
 from zpe_worker.auth import PushAuthenticator
 
 log = logging.getLogger("zpe.worker")
@@ -114,9 +114,9 @@ def _in_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
     return asyncio.wrap_future(future)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: PushWorkerSettings | None = None) -> FastAPI:
     """Build the worker app for ``settings`` (default: from the environment)."""
-    settings = settings or get_settings()
+    settings = settings or PushWorkerSettings()
     authenticator = PushAuthenticator(settings)  # refuses to start without a way to authenticate
     worker_id = f"push-{socket.gethostname()}-{os.getpid()}"
     in_flight = InFlight()

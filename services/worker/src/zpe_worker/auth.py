@@ -20,7 +20,7 @@ from zpe_core.dispatch.cloud_tasks import SECRET_HEADER, check_push_secret
 from zpe_core.edge.hosts import is_loopback
 from zpe_core.edge.id_tokens import CachingRequest, TokenVerifier
 from zpe_core.errors import CertsUnavailable, ConfigurationError, PushAuthError, TokenRejected
-from zpe_core.settings import Settings
+from zpe_core.settings import PushWorkerSettings
 
 __all__ = ["SECRET_HEADER", "CachingRequest", "PushAuthenticator"]
 
@@ -30,7 +30,7 @@ GOOGLE_ISSUERS = ("accounts.google.com", "https://accounts.google.com")
 class PushAuthenticator:
     """Decides whether a push request may run a task."""
 
-    def __init__(self, settings: Settings, request: CachingRequest | None = None) -> None:
+    def __init__(self, settings: PushWorkerSettings, request: CachingRequest | None = None) -> None:
         self.audience = settings.worker_audience
         self.invoker = settings.tasks_invoker_email
         self.certs_url = settings.oidc_certs_url

@@ -57,7 +57,7 @@ from zpe_core.engines import get_engine
 from zpe_core.errors import EngineError, ZpeError
 from zpe_core.jobs.compute import compute_task
 from zpe_core.jobs.models import now
-from zpe_core.settings import Settings
+from zpe_core.settings import ComputeSettings, PullWorkerSettings
 
 log = logging.getLogger("zpe.worker.pull")
 
@@ -144,7 +144,9 @@ class Credentials:
         return t >= self.token_issued_at + lifetime * 2 / 3
 
 
-def local_capabilities(settings: Settings, engines: list[str], concurrency: int) -> Capabilities:
+def local_capabilities(
+    settings: ComputeSettings, engines: list[str], concurrency: int
+) -> Capabilities:
     """The engines this machine can run, with the versions that go into task keys."""
     versions: dict[str, str] = {}
     for name in engines:
@@ -282,7 +284,7 @@ class PullWorker:
     def __init__(
         self,
         token_file: Path,
-        settings: Settings,
+        settings: PullWorkerSettings,
         *,
         api: str | None = None,
         engines: list[str] | None = None,

@@ -46,7 +46,7 @@ from zpe_core.errors import (
 )
 from zpe_core.jobs.models import DEFAULT_TARGET, now
 from zpe_core.jobs.targets import TargetAccess
-from zpe_core.settings import Settings
+from zpe_core.settings import ApiSettings
 from zpe_core.store.base import JobStore
 
 ENROLL_PREFIX = "zpe_enroll_"
@@ -131,7 +131,7 @@ def _check_usable(record: EnrollToken) -> None:
 # ---------------------------------------------------------------------- admin check
 
 
-def check_admin(settings: Settings, presented: str | None) -> None:
+def check_admin(settings: ApiSettings, presented: str | None) -> None:
     """Raise unless ``presented`` is the configured admin token. Fails closed."""
     configured = settings.admin_token.get_secret_value() if settings.admin_token else ""
     if not configured:
@@ -151,7 +151,7 @@ def check_admin(settings: Settings, presented: str | None) -> None:
 class ComputeRegistry:
     """Enroll tokens, compute servers, worker tokens and switches on a ``JobStore``."""
 
-    def __init__(self, store: JobStore, settings: Settings) -> None:
+    def __init__(self, store: JobStore, settings: ApiSettings) -> None:
         self.store = store
         self.settings = settings
 

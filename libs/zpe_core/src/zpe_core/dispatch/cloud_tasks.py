@@ -37,7 +37,7 @@ from zpe_core.edge.hosts import is_loopback
 from zpe_core.errors import ConfigurationError, DispatchError
 from zpe_core.jobs.models import Task, now
 from zpe_core.observability.logs import REQUEST_ID_HEADER, current_request_id
-from zpe_core.settings import Settings
+from zpe_core.settings import ApiSettings, PushSettings
 
 log = logging.getLogger("zpe.dispatch.cloud_tasks")
 
@@ -47,7 +47,7 @@ _QUEUE_RE = re.compile(r"^projects/[^/]+/locations/[^/]+/queues/[A-Za-z0-9-]+$")
 _MAX_DISPATCH_DEADLINE = 1800.0  # Cloud Tasks' limit for HTTP targets
 
 
-def check_push_secret(settings: Settings) -> None:
+def check_push_secret(settings: PushSettings) -> None:
     """``ZPE_PUSH_SHARED_SECRET`` belongs next to the local Cloud Tasks emulator only.
 
     The emulator sends no OIDC token, so there the secret stands in for it. Anywhere
@@ -68,7 +68,7 @@ def check_push_secret(settings: Settings) -> None:
         )
 
 
-def validate_settings(settings: Settings) -> None:
+def validate_settings(settings: ApiSettings) -> None:
     """Refuse to start in cloud-tasks mode without what it needs; name the missing setting."""
     check_push_secret(settings)
     missing: list[str] = []
@@ -103,7 +103,7 @@ def validate_settings(settings: Settings) -> None:
         )
 
 
-def build_client(settings: Settings) -> Any:
+def build_client(settings: PushSettings) -> Any:
     """A ``CloudTasksClient``: insecure gRPC to the emulator, else default credentials."""
     from google.cloud import tasks_v2
 
@@ -155,7 +155,7 @@ class CloudTasksDispatcher(JobDispatcher):
 
     def __init__(
         self,
-        settings: Settings,
+        settings: ApiSettings,
         *,
         client: Any = None,
         attempts: int = 4,

@@ -20,7 +20,7 @@ from multiprocessing import get_context
 from zpe_core.dispatch.base import JobDispatcher
 from zpe_core.jobs.models import Task, now
 from zpe_core.observability.logs import current_request_id
-from zpe_core.settings import Settings
+from zpe_core.settings import ApiSettings
 
 log = logging.getLogger("zpe.dispatch.inprocess")
 
@@ -42,7 +42,7 @@ class InProcessDispatcher(JobDispatcher):
 
     def __init__(
         self,
-        settings: Settings,
+        settings: ApiSettings,
         run: TaskRun,
         *,
         initializer: Callable[[str], None] | None = None,

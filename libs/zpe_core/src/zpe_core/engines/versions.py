@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from zpe_core.engines.base import MOCK_VERSION
 from zpe_core.errors import ConfigurationError
-from zpe_core.settings import Settings
+from zpe_core.settings import ServiceSettings
 
 
 class EngineVersions:
     """The version of each engine, resolved once per process (cached)."""
 
-    def __init__(self, settings: Settings, known: dict[str, str] | None = None) -> None:
+    def __init__(self, settings: ServiceSettings, known: dict[str, str] | None = None) -> None:
         self.settings = settings
         self._versions = dict(known or {})
 

@@ -20,7 +20,7 @@ from zpe_core.engines import Engine, get_engine
 from zpe_core.errors import EngineError, InputError
 from zpe_core.jobs.models import TaskResult, TaskSpec
 from zpe_core.physics.namelists import recheck_task_spec, refused_spec
-from zpe_core.settings import Settings
+from zpe_core.settings import ComputeSettings
 
 log = logging.getLogger("zpe.runner")
 
@@ -62,7 +62,7 @@ def _publish_reference_density(
 
 def compute_task(
     spec: TaskSpec,
-    settings: Settings,
+    settings: ComputeSettings,
     *,
     task_id: str = "",
     densities: ReferenceDensities | None = None,

@@ -16,7 +16,7 @@ from zpe_core.errors import DispatchError
 from zpe_core.jobs.models import Task, error_info, now
 from zpe_core.jobs.outcomes import TaskOutcomes
 from zpe_core.observability import metrics
-from zpe_core.settings import Settings
+from zpe_core.settings import ServiceSettings
 from zpe_core.store.base import JobStore
 
 log = logging.getLogger("zpe.service")
@@ -29,7 +29,7 @@ class TaskDispatch:
         self,
         store: JobStore,
         dispatcher: JobDispatcher | None,
-        settings: Settings,
+        settings: ServiceSettings,
         outcomes: TaskOutcomes,
     ) -> None:
         self.store = store

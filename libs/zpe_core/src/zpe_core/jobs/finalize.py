@@ -35,7 +35,7 @@ from zpe_core.physics.artifacts import build_artifacts
 from zpe_core.physics.plan import Plan, PlannedTask, scoped_task_id
 from zpe_core.physics.qe_input import parse_qe_input
 from zpe_core.physics.symmetry import broken_by_reference, rebuild_job_forces
-from zpe_core.settings import Settings
+from zpe_core.settings import ServiceSettings
 from zpe_core.store.base import JobStore
 
 log = logging.getLogger("zpe.service")
@@ -47,7 +47,7 @@ class Finalizer:
     def __init__(
         self,
         store: JobStore,
-        settings: Settings,
+        settings: ServiceSettings,
         outcomes: TaskOutcomes,
         submission: Submission,
         dispatch: TaskDispatch,
@@ -211,7 +211,7 @@ def _displacement(d: DerivedPoint) -> Displacement:
     return Displacement(name=d.name, atom=d.atom, axis=d.axis, step=d.step)
 
 
-def atoms_with_input_masses(job: Job, settings: Settings) -> Atoms:
+def atoms_with_input_masses(job: Job, settings: ServiceSettings) -> Atoms:
     """The reference structure with the masses of ATOMIC_SPECIES (isotopes matter)."""
     parsed = parse_qe_input(
         job.request.input_text, max_bytes=settings.max_input_bytes, limits=settings.input_limits

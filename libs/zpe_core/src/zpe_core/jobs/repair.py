@@ -22,7 +22,7 @@ from zpe_core.jobs.models import DispatchRequest, ErrorInfo, Job, Task, TaskStat
 from zpe_core.jobs.outcomes import TaskOutcomes
 from zpe_core.jobs.submission import Submission
 from zpe_core.observability import metrics
-from zpe_core.settings import Settings
+from zpe_core.settings import ServiceSettings
 from zpe_core.store.base import JobStore
 
 log = logging.getLogger("zpe.service")
@@ -34,7 +34,7 @@ class Repair:
     def __init__(
         self,
         store: JobStore,
-        settings: Settings,
+        settings: ServiceSettings,
         submission: Submission,
         outcomes: TaskOutcomes,
         finalizer: Finalizer,

@@ -27,7 +27,7 @@ from zpe_core.jobs.repair import Repair
 from zpe_core.jobs.submission import Submission
 from zpe_core.jobs.targets import TargetAccess
 from zpe_core.physics.plan import Plan
-from zpe_core.settings import Settings
+from zpe_core.settings import ServiceSettings
 from zpe_core.store.base import JobStore
 
 __all__ = ["DISPATCH_REQUESTS", "JobService"]
@@ -46,7 +46,7 @@ class JobService:
         self,
         store: JobStore,
         dispatcher: JobDispatcher | None,
-        settings: Settings,
+        settings: ServiceSettings,
         *,
         engine_versions: dict[str, str] | None = None,
         served_targets: Callable[[], set[str]] | None = None,

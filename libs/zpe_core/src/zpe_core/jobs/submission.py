@@ -32,7 +32,7 @@ from zpe_core.physics.plan import (
 from zpe_core.physics.preview import resolve_engine
 from zpe_core.physics.qe_input import parse_qe_input, select_mobile
 from zpe_core.physics.symmetry import select_points
-from zpe_core.settings import Settings
+from zpe_core.settings import ServiceSettings
 from zpe_core.store.base import JobStore
 
 log = logging.getLogger("zpe.service")
@@ -44,7 +44,7 @@ class Submission:
     def __init__(
         self,
         store: JobStore,
-        settings: Settings,
+        settings: ServiceSettings,
         versions: EngineVersions,
         dispatch: TaskDispatch,
         outcomes: TaskOutcomes,

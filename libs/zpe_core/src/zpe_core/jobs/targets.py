@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from zpe_core.errors import InputError
-from zpe_core.settings import Settings
+from zpe_core.settings import ServiceSettings
 
 
 def _none_served() -> set[str]:
@@ -21,7 +21,9 @@ def _none_served() -> set[str]:
 class TargetAccess:
     """Checks a job's target against the configured and the served targets."""
 
-    def __init__(self, settings: Settings, served: Callable[[], set[str]] | None = None) -> None:
+    def __init__(
+        self, settings: ServiceSettings, served: Callable[[], set[str]] | None = None
+    ) -> None:
         self.settings = settings
         self._served = served or _none_served
 

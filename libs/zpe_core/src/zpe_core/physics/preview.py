@@ -40,14 +40,19 @@ SMALL_DELTA_ANGSTROM = 0.005
 LARGE_DELTA_ANGSTROM = 0.03
 
 
-class PreviewSettings(Protocol):
-    """The service options a preview reads (``zpe_core.settings.Settings`` has them):
-    a port, so the physics never imports the settings that configure the processes."""
+class EngineOptions(Protocol):
+    """The engines a service offers (``zpe_core.settings.ServiceSettings`` has them)."""
 
     @property
     def default_engine(self) -> str: ...
     @property
     def engines(self) -> list[str]: ...
+
+
+class PreviewSettings(EngineOptions, Protocol):
+    """The service options a preview reads (``zpe_core.settings.ApiSettings`` has them):
+    a port, so the physics never imports the settings that configure the processes."""
+
     @property
     def execution_mode(self) -> str: ...
     @property
@@ -129,7 +134,7 @@ class InputPreview(BaseModel):
     warnings: list[InputWarning]
 
 
-def resolve_engine(requested: str | None, settings: PreviewSettings) -> str:
+def resolve_engine(requested: str | None, settings: EngineOptions) -> str:
     """The engine a request runs on; :class:`InputError` if the server does not offer it."""
     engine = requested or settings.default_engine
     if engine not in settings.engines:
