@@ -8,7 +8,7 @@ A thin facade over the modules that each own one concern, composed here:
 * ``outcomes`` reacts when a task settles (``task_succeeded`` / ``task_failed``);
 * ``finalize`` assembles the Hessian and finishes a job whose tasks are all done;
 * ``repair`` reaps expired leases and reconciles what crashes left half-done;
-* ``zpe_core.engines.versions`` knows the engine versions of task keys.
+* ``zpe_core.jobs.engine_versions`` knows the engine versions of task keys.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from zpe_core.dispatch.base import JobDispatcher
-from zpe_core.engines.versions import EngineVersions
 from zpe_core.jobs.cancellation import Cancellation
 from zpe_core.jobs.dispatching import TaskDispatch
+from zpe_core.jobs.engine_versions import EngineVersions
 from zpe_core.jobs.finalize import DISPATCH_REQUESTS, Finalizer
 from zpe_core.jobs.models import ErrorInfo, Job, JobRequest, Task
 from zpe_core.jobs.outcomes import TaskOutcomes

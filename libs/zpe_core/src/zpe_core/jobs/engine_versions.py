@@ -1,4 +1,5 @@
-"""The engine versions that go into task keys, as the control plane knows them.
+"""The engine versions that go into task keys, as the control plane knows them
+(here, not in ``engines/``: a split control plane never imports engine code).
 
 A task key includes its engine's version, so a planner must know it without
 necessarily running the engine: the mock engine's is a constant, the QE
