@@ -100,11 +100,9 @@ def run_serial(text: str, command: str, workdir: Path) -> dict[str, Any]:
 
 def run_product(text: str, workers: int, warm: bool, workdir: Path) -> dict[str, Any]:
     """JobService + InProcessDispatcher (W worker processes) on a fresh file store."""
-    from zpe_core.dispatch.inprocess import InProcessDispatcher
+    from zpe_core.bootstrap import ControlPlane
     from zpe_core.jobs.models import JobRequest, JobState
-    from zpe_core.jobs.service import JobService
     from zpe_core.settings import Settings
-    from zpe_core.store import open_store
 
     scratch = workdir / "scratch"
     scratch.mkdir(parents=True)
@@ -119,9 +117,8 @@ def run_product(text: str, workers: int, warm: bool, workdir: Path) -> dict[str,
         warm_start=warm,
         warm_start_dir=str(workdir / "warm"),
     )
-    store = open_store(settings.store_url)
-    dispatcher = InProcessDispatcher(settings)
-    service = JobService(store, dispatcher, settings)
+    plane = ControlPlane.open(settings)
+    store, dispatcher, service = plane.store, plane.dispatcher, plane.service
     dispatcher.start()
     try:
         # Warm the pool (spawned processes import zpe_core and ASE) with a mock job, as a

@@ -36,8 +36,8 @@ from starlette.routing import Mount
 from tests.api.conftest import make_settings
 from zpe_api.main import create_app
 from zpe_core.engines.base import MOCK_VERSION
+from zpe_core.jobs.compute import compute_task
 from zpe_core.jobs.models import JobRequest, TaskSpec
-from zpe_core.jobs.runner import compute_task
 from zpe_core.settings import Settings
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"

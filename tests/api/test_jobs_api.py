@@ -247,7 +247,7 @@ def test_reconcile_repairs_results_committed_but_never_counted(
 ) -> None:
     """A worker that committed its results and died before telling the job:
     the periodic reconcile counts them and finishes the job."""
-    from zpe_core.jobs.runner import compute_task
+    from zpe_core.jobs.compute import compute_task
     from zpe_core.jobs.service import JobService
 
     service: JobService = idle_client.app.state.service  # type: ignore[attr-defined]

@@ -15,10 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.conftest import make_settings, wait_for
 from tests.api.test_jobs_api import assert_problem, submit
-from zpe_api import main as api_main
 from zpe_api.main import create_app
-from zpe_core.dispatch.base import DispatchError, JobDispatcher
-from zpe_core.errors import ErrorSource, StoreUnavailable
+from zpe_core import bootstrap
+from zpe_core.dispatch.base import JobDispatcher
+from zpe_core.errors import DispatchError, ErrorSource, StoreUnavailable
 from zpe_core.jobs.models import ErrorInfo, JobRequest, TaskState
 from zpe_core.jobs.service import JobService
 from zpe_core.observability import metrics
@@ -160,7 +160,7 @@ def test_store_errors_are_counted_by_operation(
     monkeypatch: pytest.MonkeyPatch, h2_input: str
 ) -> None:
     store = FlakyStore()
-    monkeypatch.setattr(api_main, "open_store", lambda *a, **k: store)
+    monkeypatch.setattr(bootstrap, "open_job_store", lambda settings: store)
     settings = make_settings(execution_mode="http-pull", metrics_cache_seconds=0.0)
     with TestClient(create_app(settings)) as client:
         job_id = submit(client, h2_input).json()["job_id"]

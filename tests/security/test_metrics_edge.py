@@ -25,7 +25,7 @@ from tests.api.test_users_access import ADMIN, bearer, issue
 from zpe_api.main import create_app
 from zpe_core.jobs.models import JobRequest
 from zpe_core.jobs.service import JobService
-from zpe_core.observability.metrics import MetricsExporter
+from zpe_core.observability.exporter import MetricsExporter
 from zpe_core.settings import Settings
 from zpe_core.store import open_store
 from zpe_core.store.base import JobStore

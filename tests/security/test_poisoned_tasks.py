@@ -18,8 +18,9 @@ import pytest
 from tests.conftest import require_or_skip
 from tests.security.conftest import fake_pw, h2_input, namelist_text
 from zpe_core.dispatch.base import JobDispatcher
+from zpe_core.jobs.compute import compute_task
 from zpe_core.jobs.models import JobRequest, Task, TaskState
-from zpe_core.jobs.runner import Outcome, compute_task, run_task
+from zpe_core.jobs.runner import Outcome, run_task
 from zpe_core.jobs.service import JobService
 from zpe_core.physics.plan import task_key
 from zpe_core.settings import Settings

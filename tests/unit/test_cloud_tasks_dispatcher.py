@@ -17,14 +17,13 @@ from pydantic import SecretStr
 
 from tests.fixtures.cloud_tasks import TasksEmulator
 from tests.fixtures.servers import free_port
-from zpe_core.dispatch.base import DispatchError
 from zpe_core.dispatch.cloud_tasks import (
     CloudTasksDispatcher,
     task_id_of,
     task_name,
     validate_settings,
 )
-from zpe_core.errors import ConfigurationError
+from zpe_core.errors import ConfigurationError, DispatchError
 from zpe_core.jobs.models import JobRequest, JobState, Task, TaskSpec, TaskState, now
 from zpe_core.jobs.service import JobService
 from zpe_core.settings import Settings
@@ -135,9 +134,8 @@ def test_unreachable_queue_fails_the_job_with_the_reason() -> None:
         push_shared_secret=SecretStr("x" * 20),
     )
     store = open_store("memory://")
-    service = JobService(store, None, settings)
-    service.dispatcher = CloudTasksDispatcher(
-        settings, service=service, attempts=2, backoff_seconds=0.01
+    service = JobService(
+        store, CloudTasksDispatcher(settings, attempts=2, backoff_seconds=0.01), settings
     )
     h2 = (SAMPLES / "h2_zpe.in").read_text()
     job, _ = service.submit(JobRequest(input_text=h2, engine="mock"), owner="o")
@@ -189,12 +187,12 @@ def test_reconciler_redispatches_lost_tasks_and_ends_undeliverable_ones(
         retry_max=3,
     )
     store = open_store("memory://")
-    service = JobService(store, None, settings)
-    dispatcher = CloudTasksDispatcher(settings, service=service, client=client)
     h2 = (SAMPLES / "h2_zpe.in").read_text()
     # Submitted without a dispatcher: the dispatches are "lost".
-    job, _ = service.submit(JobRequest(input_text=h2, engine="mock", mobile=[1]), owner="o")
-    service.dispatcher = dispatcher
+    job, _ = JobService(store, None, settings).submit(
+        JobRequest(input_text=h2, engine="mock", mobile=[1]), owner="o"
+    )
+    service = JobService(store, CloudTasksDispatcher(settings, client=client), settings)
     task_ids = sorted({ref.task_id for ref in job.tasks})
 
     def names() -> set[str]:
@@ -203,8 +201,8 @@ def test_reconciler_redispatches_lost_tasks_and_ends_undeliverable_ones(
     def later() -> float:  # two minutes from now: past the re-dispatch deadline
         return now() + 120
 
-    assert dispatcher.reconcile() == 0  # nothing has waited long enough yet
-    assert dispatcher.reconcile(at=later()) == len(task_ids)
+    assert service.redispatch_lost() == 0  # nothing has waited long enough yet
+    assert service.redispatch_lost(at=later()) == len(task_ids)
     assert names() == {f"{task_id}-1-0" for task_id in task_ids}
     first = store.get_task(task_ids[0]).value
     assert first.error is not None
@@ -216,13 +214,13 @@ def test_reconciler_redispatches_lost_tasks_and_ends_undeliverable_ones(
     assert abs(listed[f"{task_ids[0]}-1-0"].schedule_time.timestamp() - first.ready_at) < 1
 
     # Still in the queue (a backlog, not a loss): left alone however long it waits.
-    assert dispatcher.reconcile(at=later()) == 0
+    assert service.redispatch_lost(at=later()) == 0
     assert store.get_task(task_ids[0]).value.attempts == 1
 
     # Lost again and again: after retry_max attempts it is a dead letter, the job fails.
     for _ in range(2):
         client.purge_queue(request={"name": queue})
-        dispatcher.reconcile(at=later())
+        service.redispatch_lost(at=later())
     failed = store.get_task(task_ids[0]).value
     assert (failed.state, failed.dead_letter, failed.attempts) == (TaskState.FAILED, True, 3)
     final = store.get_job(job.job_id).value

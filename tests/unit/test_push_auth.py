@@ -22,11 +22,11 @@ from fastapi.testclient import TestClient
 from google.auth import crypt, jwt
 from pydantic import SecretStr
 
-from zpe_core.errors import ConfigurationError
+from zpe_core.errors import ConfigurationError, PushAuthError
 from zpe_core.jobs.models import JobRequest, TaskState
 from zpe_core.settings import Settings
 from zpe_worker.app import create_app
-from zpe_worker.auth import AuthError, PushAuthenticator
+from zpe_worker.auth import PushAuthenticator
 
 AUDIENCE = "https://zpe-worker-abc.a.run.app"
 INVOKER = "zpe-tasks@proj.iam.gserviceaccount.com"
@@ -206,7 +206,7 @@ def test_bad_claims_are_refused(
     auth = PushAuthenticator(_settings(certs.url))
     t = int(time.time())
     claims = {k: t + v.offset if isinstance(v, _Now) else v for k, v in claims.items()}
-    with pytest.raises(AuthError) as info:
+    with pytest.raises(PushAuthError) as info:
         auth.authenticate(_bearer(make_token(keys["good"][0], **claims)))
     assert (info.value.status, info.value.code) == (status, code)
 
@@ -223,7 +223,7 @@ def test_small_clock_skew_is_tolerated(
 def test_bad_signature_is_refused(certs: CertsServer, keys: dict[str, tuple[str, str]]) -> None:
     auth = PushAuthenticator(_settings(certs.url))
     forged = make_token(keys["other"][0])  # same kid, another key
-    with pytest.raises(AuthError) as info:
+    with pytest.raises(PushAuthError) as info:
         auth.authenticate(_bearer(forged))
     assert info.value.status == 401
     header, _payload, signature = make_token(keys["good"][0]).split(".")
@@ -232,10 +232,10 @@ def test_bad_signature_is_refused(certs: CertsServer, keys: dict[str, tuple[str,
     tampered_payload = jwt._helpers.unpadded_urlsafe_b64encode(  # type: ignore[attr-defined]
         json.dumps(claims).encode()
     ).decode()
-    with pytest.raises(AuthError) as info:
+    with pytest.raises(PushAuthError) as info:
         auth.authenticate(_bearer(f"{header}.{tampered_payload}.{signature}"))
     assert (info.value.status, info.value.code) == (401, "invalid_token")
-    with pytest.raises(AuthError):
+    with pytest.raises(PushAuthError):
         auth.authenticate(_bearer("not-a-jwt"))
 
 
@@ -245,14 +245,14 @@ def test_rotated_key_is_fetched_once(certs: CertsServer, keys: dict[str, tuple[s
     certs.keys["kid-2"] = keys["other"][1]  # Google rotates: a new key appears
     assert auth.authenticate(_bearer(make_token(keys["other"][0], kid="kid-2"))) == INVOKER
     assert certs.hits == 2
-    with pytest.raises(AuthError):  # unknown kids do not refetch again at once
+    with pytest.raises(PushAuthError):  # unknown kids do not refetch again at once
         auth.authenticate(_bearer(make_token(keys["other"][0], kid="kid-3")))
     assert certs.hits == 2
 
 
 def test_shared_secret_only_when_configured(certs: CertsServer) -> None:
     oidc_only = PushAuthenticator(_settings(certs.url))
-    with pytest.raises(AuthError) as info:
+    with pytest.raises(PushAuthError) as info:
         oidc_only.authenticate({"x-zpe-push-secret": "anything-at-all-long"})
     assert info.value.status == 401
     secret = "s3cret-value-for-tests"
@@ -263,9 +263,9 @@ def test_shared_secret_only_when_configured(certs: CertsServer) -> None:
     )
     assert both.authenticate({"x-zpe-push-secret": secret}, "127.0.0.1") == "shared-secret"
     for wrong in ("", "s3cret-value-for-test", secret + "x"):
-        with pytest.raises(AuthError):
+        with pytest.raises(PushAuthError):
             both.authenticate({"x-zpe-push-secret": wrong}, "127.0.0.1")
-    with pytest.raises(AuthError):
+    with pytest.raises(PushAuthError):
         both.authenticate({})
 
 

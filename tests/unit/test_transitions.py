@@ -13,10 +13,9 @@ from collections.abc import Callable
 
 import pytest
 
-from zpe_core.errors import ErrorSource
+from zpe_core.errors import ErrorSource, StaleLease
 from zpe_core.jobs import transitions
 from zpe_core.jobs.models import ErrorInfo, RetryPolicy, Task, TaskResult, TaskSpec, TaskState
-from zpe_core.jobs.transitions import StaleLease
 
 T0 = 1_000_000.0
 POLICY = RetryPolicy(retry_max=3, backoff_base_seconds=10.0, backoff_cap_seconds=300.0)

@@ -16,16 +16,16 @@ import pytest
 from zpe_core.engines import get_engine
 from zpe_core.engines.qe import (
     QeEngine,
-    ShippedOutdirError,
     WarmStartCache,
     _cpu_seconds,
     _prepare_input_data,
     pack_outdir,
     unpack_outdir,
 )
-from zpe_core.errors import EngineError
+from zpe_core.errors import EngineError, ShippedOutdirError
+from zpe_core.jobs.compute import compute_task
 from zpe_core.jobs.models import QeCalcSpec, TaskSpec
-from zpe_core.jobs.runner import StoreDensities, compute_task
+from zpe_core.jobs.runner import StoreDensities
 from zpe_core.physics.plan import pseudo_digest, task_key
 from zpe_core.settings import Settings
 from zpe_core.store.memory import MemoryJobStore

@@ -1,8 +1,10 @@
 """Error types shared by every layer.
 
 Each error carries a stable ``code`` (clients match on it), a human message and
-the ``source`` of the failure. The API maps them to RFC 9457 problem details;
-workers map them to retryable or permanent task failures.
+the ``source`` of the failure. The API maps them to RFC 9457 problem details
+(``zpe_core.edge.problems``: one status table); workers map them to retryable
+or permanent task failures. Every error class of the core and the services is
+defined here (the client package has its own, for what the API answers).
 """
 
 from __future__ import annotations
@@ -146,3 +148,39 @@ class TooManyRequests(ZpeError):
     def __init__(self, message: str, *, retry_after: float, code: str | None = None):
         super().__init__(message, code=code)
         self.retry_after = retry_after
+
+
+class DispatchError(ZpeError):
+    """A task could not be handed to any worker (after the dispatcher's own retries)."""
+
+    code = "dispatch_failed"
+    source = ErrorSource.DISPATCH
+    retryable = True
+
+
+class StaleLease(StateConflict):
+    """A heartbeat, result or failure carried a lease that is no longer current."""
+
+    code = "stale_lease"
+
+
+class TokenRejected(Exception):
+    """An ID token is malformed, forged, expired or for another audience."""
+
+
+class CertsUnavailable(Exception):
+    """The signing keys could not be fetched: nothing can be verified now (retry later)."""
+
+
+class PushAuthError(Exception):
+    """A push request is not authenticated (401) or not allowed (403)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class ShippedOutdirError(ValueError):
+    """A shipped reference outdir is corrupt, too large or holds files it may not."""

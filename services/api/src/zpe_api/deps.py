@@ -13,7 +13,7 @@ from zpe_core.control.limits import TokenBucketLimiter
 from zpe_core.control.pull import PullCoordinator
 from zpe_core.edge.iap import ASSERTION_HEADER, IapVerifier
 from zpe_core.jobs.service import JobService
-from zpe_core.settings import Settings
+from zpe_core.settings import ApiSettings
 from zpe_core.store.base import JobStore
 
 
@@ -27,8 +27,8 @@ def get_store(request: Request) -> JobStore:
     return store
 
 
-def get_app_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
+def get_app_settings(request: Request) -> ApiSettings:
+    settings: ApiSettings = request.app.state.settings
     return settings
 
 
@@ -81,7 +81,7 @@ async def _store_dep(request: Request) -> JobStore:
     return get_store(request)
 
 
-async def _settings_dep(request: Request) -> Settings:
+async def _settings_dep(request: Request) -> ApiSettings:
     return get_app_settings(request)
 
 
@@ -89,7 +89,7 @@ async def _settings_dep(request: Request) -> Settings:
 # they run on the event loop instead of costing a thread-pool hop each per request.
 ServiceDep = Annotated[JobService, Depends(_service_dep)]
 StoreDep = Annotated[JobStore, Depends(_store_dep)]
-SettingsDep = Annotated[Settings, Depends(_settings_dep)]
+SettingsDep = Annotated[ApiSettings, Depends(_settings_dep)]
 OwnerDep = Annotated[str, Depends(current_owner)]
 
 

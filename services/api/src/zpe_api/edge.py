@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from zpe_core.edge.hosts import host_name, is_loopback
 from zpe_core.errors import ConfigurationError
-from zpe_core.settings import Settings
+from zpe_core.settings import ApiSettings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -88,7 +88,7 @@ class HostCheck:
         await send({"type": "http.response.body", "body": body})
 
 
-def install_host_check(app: FastAPI, settings: Settings) -> None:
+def install_host_check(app: FastAPI, settings: ApiSettings) -> None:
     """The Host check, when the API has no authentication (``ZPE_AUTH_MODE=none``).
 
     With API keys a rebinding page gains nothing: the browser does not hold the key.
@@ -133,7 +133,7 @@ def _in(address: str, networks: tuple[Network, ...]) -> bool:
     return any(ip in network for network in networks)
 
 
-def client_address(request: Request, settings: Settings) -> str:
+def client_address(request: Request, settings: ApiSettings) -> str:
     """The address a request comes from, as far as the trusted proxies vouch for it."""
     peer = request.client.host if request.client else "unknown"
     any_peer, networks = trusted_networks(settings.trusted_proxies)

@@ -12,7 +12,7 @@ import ipaddress
 import logging
 
 from zpe_core.errors import ConfigurationError
-from zpe_core.settings import Settings
+from zpe_core.settings import ApiSettings
 
 log = logging.getLogger("zpe.api.listen")
 
@@ -27,7 +27,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_listen_address(settings: Settings, host: str) -> None:
+def check_listen_address(settings: ApiSettings, host: str) -> None:
     """Raise ``ConfigurationError`` if anonymous access would reach beyond this machine."""
     if settings.auth_mode != "none" or is_loopback(host):
         return

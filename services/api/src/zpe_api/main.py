@@ -8,7 +8,6 @@ to the store and the queue.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,78 +19,37 @@ from zpe_api.problems import install_problem_handlers, problem_responses
 from zpe_api.routers import admin, api_keys, calc, compute, health, jobs, metrics, ui
 from zpe_api.routers.compute import DENSITY_PATH, RESULT_PATH
 from zpe_core import __version__
-from zpe_core.dispatch import InProcessDispatcher, JobDispatcher, PullDispatcher
+from zpe_core.bootstrap import ControlPlane
 from zpe_core.edge.body_limit import BodyLimit, RouteLimit
 from zpe_core.edge.iap import IapVerifier
-from zpe_core.errors import ConfigurationError, ZpeError
-from zpe_core.jobs.maintenance import Reaper
-from zpe_core.jobs.service import JobService
-from zpe_core.settings import Settings, get_settings
-from zpe_core.store import JobStore, open_store
+from zpe_core.settings import ApiSettings, get_settings
 
 log = logging.getLogger("zpe.api")
 
 
-def build_dispatcher(settings: Settings, service: JobService, store: JobStore) -> JobDispatcher:
-    """The dispatcher ``ZPE_EXECUTION_MODE`` names."""
-    if settings.execution_mode == "inprocess":
-        return InProcessDispatcher(
-            settings, use_threads=not store.shared_across_processes, service=service
-        )
-    if settings.execution_mode == "http-pull":
-        return PullDispatcher()
-    if settings.execution_mode == "cloud-tasks":
-        # Imported here: only this mode loads gRPC and the Cloud Tasks client.
-        from zpe_core.dispatch.cloud_tasks import CloudTasksDispatcher
-
-        return CloudTasksDispatcher(settings, service=service)
-    raise ConfigurationError(
-        f"ZPE_EXECUTION_MODE={settings.execution_mode} is not available in this build"
-    )
-
-
-def _recover_in_background(service: JobService) -> None:
-    def run() -> None:
-        try:
-            count = service.recover()
-            if count:
-                log.info("recovered unfinished tasks", extra={"count": count})
-        except ZpeError as exc:
-            log.warning("recovery failed; the reaper will retry", extra={"error": exc.message})
-
-    threading.Thread(target=run, name="zpe-recover", daemon=True).start()
-
-
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """Build the API app for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = open_store(settings.store_url, max_artifact_bytes=settings.max_artifact_bytes)
-        service = JobService(store, None, settings)
-        dispatcher = build_dispatcher(settings, service, store)
-        service.dispatcher = dispatcher
-        dispatcher.start()
-        reaper = Reaper(
-            service, settings.reaper_interval_seconds, settings.redispatch_after_seconds
-        )
-        reaper.start()
+        plane = ControlPlane.open(settings)
+        plane.start()
         app.state.settings = settings
-        app.state.store = store
-        app.state.service = service
-        app.state.dispatcher = dispatcher
-        _recover_in_background(service)
+        app.state.store = plane.store
+        app.state.service = plane.service
+        app.state.dispatcher = plane.dispatcher
         log.info(
             "api started",
-            extra={"execution_mode": settings.execution_mode, "store": store.__class__.__name__},
+            extra={
+                "execution_mode": settings.execution_mode,
+                "store": plane.store.__class__.__name__,
+            },
         )
         try:
             yield
         finally:
-            reaper.stop()
-            dispatcher.stop()
-            store.close()
+            plane.stop()
 
     app = FastAPI(
         title="ZPE compute service",

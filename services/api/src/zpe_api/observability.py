@@ -23,7 +23,7 @@ from zpe_core.observability.logs import (
     register_secret,
     valid_request_id,
 )
-from zpe_core.settings import Settings
+from zpe_core.settings import ApiSettings
 
 _JOB_PATH = re.compile(r"^/calc/zpe/jobs/([A-Za-z0-9._-]{1,200})(?:/|$)")
 _HEADER = REQUEST_ID_HEADER.lower().encode()
@@ -60,7 +60,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
 
 
-def install_observability(app: FastAPI, settings: Settings) -> None:
+def install_observability(app: FastAPI, settings: ApiSettings) -> None:
     """Request ids, the polling limiter, and the secrets the logs must never show."""
     app.add_middleware(RequestContextMiddleware)
     app.state.poll_limiter = (

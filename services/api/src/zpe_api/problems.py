@@ -12,42 +12,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from zpe_core.errors import (
-    STORE_UNAVAILABLE_REASON,
-    ArtifactTooLarge,
-    AuthUnavailable,
-    ConfigurationError,
-    Forbidden,
-    InputError,
-    InputTooLarge,
-    NotFound,
-    StateConflict,
-    StoreUnavailable,
-    SwitchedOff,
-    TooManyRequests,
-    Unauthorized,
-    ZpeError,
-)
-from zpe_core.observability.logs import REQUEST_ID_HEADER, current_request_id, redact
+from zpe_core.edge.problems import PROBLEM_JSON, problem_body, problem_headers, status_for
+from zpe_core.errors import STORE_UNAVAILABLE_REASON, StoreUnavailable, TooManyRequests, ZpeError
+
+__all__ = ["Problem", "install_problem_handlers", "problem", "problem_responses"]
 
 log = logging.getLogger("zpe.api")
-
-PROBLEM_JSON = "application/problem+json"
-
-_STATUS: list[tuple[type[ZpeError], int]] = [
-    (InputTooLarge, 413),
-    (InputError, 422),
-    (NotFound, 404),
-    (StateConflict, 409),
-    (StoreUnavailable, 503),
-    (AuthUnavailable, 503),
-    (SwitchedOff, 503),
-    (Unauthorized, 401),
-    (Forbidden, 403),
-    (ArtifactTooLarge, 507),
-    (ConfigurationError, 500),
-    (TooManyRequests, 429),
-]
 
 
 def problem(
@@ -60,22 +30,11 @@ def problem(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
-    """A problem-details response."""
-    body: dict[str, Any] = {
-        "type": f"urn:zpe:problem:{code}",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "code": code,
-    }
-    if instance:
-        body["instance"] = instance
-    body.update({k: v for k, v in extra.items() if v is not None})
-    body["detail"] = redact(str(body["detail"]))  # never echo a credential
-    request_id = current_request_id()
-    if request_id:  # also on answers built outside the request middleware (500s)
-        headers = {**(headers or {}), REQUEST_ID_HEADER: request_id}
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    """A problem-details response (the body: ``zpe_core.edge.problems.problem_body``)."""
+    body = problem_body(status, code, title, detail, instance=instance, **extra)
+    return JSONResponse(
+        body, status_code=status, media_type=PROBLEM_JSON, headers=problem_headers(headers)
+    )
 
 
 class Problem(BaseModel):
@@ -114,13 +73,6 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         }
         for status in statuses
     }
-
-
-def status_for(exc: ZpeError) -> int:
-    for cls, status in _STATUS:
-        if isinstance(exc, cls):
-            return status
-    return 500
 
 
 def install_problem_handlers(app: FastAPI) -> None:

@@ -37,10 +37,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zpe_core import __version__
+from zpe_core.bootstrap import worker_service
 from zpe_core.edge.body_limit import BodyLimit
+from zpe_core.edge.problems import PROBLEM_JSON, problem_body, problem_headers
 from zpe_core.errors import (
     STORE_UNAVAILABLE_REASON,
     NotFound,
+    PushAuthError,
     StateConflict,
     StoreUnavailable,
     ZpeError,
@@ -49,9 +52,8 @@ from zpe_core.jobs.models import Task, TaskState
 from zpe_core.jobs.runner import Outcome, run_task
 from zpe_core.jobs.service import JobService
 from zpe_core.observability.logs import REQUEST_ID_HEADER, log_context, valid_request_id
-from zpe_core.settings import Settings, get_settings
-from zpe_core.store import open_store
-from zpe_worker.auth import AuthError, PushAuthenticator
+from zpe_core.settings import PushWorkerSettings
+from zpe_worker.auth import PushAuthenticator
 
 log = logging.getLogger("zpe.worker")
 
@@ -70,10 +72,10 @@ class RunRequest(BaseModel):
 
 
 def _problem(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
-    body = {"type": "about:blank", "title": code.replace("_", " "), "status": status}
-    body |= {"code": code, "detail": detail, **extra}
-    headers = {"Retry-After": "5"} if status == 503 else None
-    return JSONResponse(body, status, media_type="application/problem+json", headers=headers)
+    """Problem details, built (and redacted) like every answer of the API."""
+    body = problem_body(status, code, code.replace("_", " "), detail, **extra)
+    headers = problem_headers({"Retry-After": "5"} if status == 503 else None)
+    return JSONResponse(body, status, media_type=PROBLEM_JSON, headers=headers)
 
 
 class InFlight:
@@ -112,9 +114,9 @@ def _in_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
     return asyncio.wrap_future(future)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: PushWorkerSettings | None = None) -> FastAPI:
     """Build the worker app for ``settings`` (default: from the environment)."""
-    settings = settings or get_settings()
+    settings = settings or PushWorkerSettings()
     authenticator = PushAuthenticator(settings)  # refuses to start without a way to authenticate
     worker_id = f"push-{socket.gethostname()}-{os.getpid()}"
     in_flight = InFlight()
@@ -122,8 +124,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = open_store(settings.store_url, max_artifact_bytes=settings.max_artifact_bytes)
-        app.state.service = JobService(store, None, settings)
+        service = worker_service(settings)
+        store = service.store
+        app.state.service = service
         log.info("worker started", extra={"worker_id": worker_id, "auth": _auth_modes()})
         try:
             yield
@@ -172,7 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             peer = request.client.host if request.client else None
             caller = await asyncio.to_thread(authenticator.authenticate, headers, peer)
-        except AuthError as exc:
+        except PushAuthError as exc:
             log.warning("push request refused", extra={"code": exc.code, "status": exc.status})
             return _problem(exc.status, exc.code, exc.message)
         if draining.is_set():

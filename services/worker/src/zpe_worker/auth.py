@@ -18,29 +18,19 @@ import hmac
 
 from zpe_core.dispatch.cloud_tasks import SECRET_HEADER, check_push_secret
 from zpe_core.edge.hosts import is_loopback
-from zpe_core.edge.id_tokens import CachingRequest, CertsUnavailable, TokenRejected, TokenVerifier
-from zpe_core.errors import ConfigurationError
-from zpe_core.settings import Settings
+from zpe_core.edge.id_tokens import CachingRequest, TokenVerifier
+from zpe_core.errors import CertsUnavailable, ConfigurationError, PushAuthError, TokenRejected
+from zpe_core.settings import PushWorkerSettings
 
-__all__ = ["SECRET_HEADER", "AuthError", "CachingRequest", "PushAuthenticator"]
+__all__ = ["SECRET_HEADER", "CachingRequest", "PushAuthenticator"]
 
 GOOGLE_ISSUERS = ("accounts.google.com", "https://accounts.google.com")
-
-
-class AuthError(Exception):
-    """A push request is not authenticated (401) or not allowed (403)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 class PushAuthenticator:
     """Decides whether a push request may run a task."""
 
-    def __init__(self, settings: Settings, request: CachingRequest | None = None) -> None:
+    def __init__(self, settings: PushWorkerSettings, request: CachingRequest | None = None) -> None:
         self.audience = settings.worker_audience
         self.invoker = settings.tasks_invoker_email
         self.certs_url = settings.oidc_certs_url
@@ -62,7 +52,7 @@ class PushAuthenticator:
         self._verifier = TokenVerifier(self.certs_url, self.audience, request)
 
     def authenticate(self, headers: dict[str, str], peer: str | None = None) -> str:
-        """Return who called (the invoker email or ``shared-secret``); raise ``AuthError``.
+        """Return who called (the invoker email or ``shared-secret``); raise ``PushAuthError``.
 
         ``peer`` is the client address: the shared secret counts only from loopback
         (the emulator runs on this machine; nothing from outside may use it)."""
@@ -72,27 +62,27 @@ class PushAuthenticator:
         supplied = headers.get(SECRET_HEADER.lower())
         if supplied is not None and self._secret is not None:
             if peer is None or not is_loopback(peer):
-                raise AuthError(
+                raise PushAuthError(
                     401, "secret_not_allowed", "the push secret is accepted only from this machine"
                 )
             if hmac.compare_digest(supplied.encode(), self._secret):
                 return "shared-secret"
-            raise AuthError(401, "invalid_credentials", "the push secret is wrong")
-        raise AuthError(401, "missing_credentials", "push requests must be authenticated")
+            raise PushAuthError(401, "invalid_credentials", "the push secret is wrong")
+        raise PushAuthError(401, "missing_credentials", "push requests must be authenticated")
 
     def verify_token(self, token: str) -> str:
         """Verify a Google-signed ID token; return the caller's email."""
         try:
             claims = self._verifier.claims(token)
         except TokenRejected as exc:
-            raise AuthError(401, "invalid_token", str(exc)) from exc
+            raise PushAuthError(401, "invalid_token", str(exc)) from exc
         except CertsUnavailable as exc:  # certificates unreachable: retry later
-            raise AuthError(503, "auth_unavailable", f"cannot verify ID tokens: {exc}") from exc
+            raise PushAuthError(503, "auth_unavailable", f"cannot verify ID tokens: {exc}") from exc
         if claims.get("iss") not in GOOGLE_ISSUERS:
-            raise AuthError(401, "invalid_token", "the ID token was not issued by Google")
+            raise PushAuthError(401, "invalid_token", "the ID token was not issued by Google")
         email = claims.get("email")
         if email != self.invoker:
-            raise AuthError(403, "forbidden_caller", f"{email!r} may not push tasks here")
+            raise PushAuthError(403, "forbidden_caller", f"{email!r} may not push tasks here")
         if claims.get("email_verified") is not True:
-            raise AuthError(403, "forbidden_caller", "the caller's email is not verified")
+            raise PushAuthError(403, "forbidden_caller", "the caller's email is not verified")
         return str(email)

@@ -13,11 +13,13 @@ import socket
 import sys
 from pathlib import Path
 
-from zpe_core.jobs.runner import Outcome, run_task
-from zpe_core.jobs.service import JobService
 from zpe_core.observability.logs import configure_logging
-from zpe_core.settings import Settings
-from zpe_core.store import open_store
+from zpe_core.settings import (
+    CommonSettings,
+    ComputeSettings,
+    PullWorkerSettings,
+    PushWorkerSettings,
+)
 
 
 def default_worker_id() -> str:
@@ -25,19 +27,24 @@ def default_worker_id() -> str:
 
 
 def cmd_run_task(args: argparse.Namespace) -> int:
-    settings = Settings()
-    store = open_store(settings.store_url, max_artifact_bytes=settings.max_artifact_bytes)
-    outcome = run_task(JobService(store, None, settings), args.task_id, args.worker_id)
+    # Imported here: ``zpe-worker pull`` must not load the store or the service.
+    from zpe_core.bootstrap import worker_service
+    from zpe_core.jobs.runner import Outcome, run_task
+
+    settings = PushWorkerSettings()
+    outcome = run_task(worker_service(settings), args.task_id, args.worker_id)
     print(outcome.value)
     return 0 if outcome in (Outcome.COMMITTED, Outcome.SKIPPED, Outcome.ABANDONED) else 1
 
 
-def _enroll_token(args: argparse.Namespace) -> str | None:
-    token: str | None = args.enroll_token or os.environ.get("ZPE_ENROLL_TOKEN")
-    return token
+def _enroll_token(args: argparse.Namespace, settings: PullWorkerSettings) -> str | None:
+    if args.enroll_token:
+        return str(args.enroll_token)
+    token = settings.enroll_token
+    return token.get_secret_value() if token is not None else None
 
 
-def _enroll_from_args(args: argparse.Namespace, settings: Settings, token: str) -> None:
+def _enroll_from_args(args: argparse.Namespace, settings: PullWorkerSettings, token: str) -> None:
     from zpe_worker.pull import enroll, local_capabilities
 
     engines = args.engines.split(",") if args.engines else settings.engines
@@ -55,12 +62,13 @@ def _enroll_from_args(args: argparse.Namespace, settings: Settings, token: str) 
 def cmd_enroll(args: argparse.Namespace) -> int:
     from zpe_client.http import ApiError
 
-    token = _enroll_token(args)
+    settings = PullWorkerSettings()
+    token = _enroll_token(args, settings)
     if not token:
         print("an enroll token is required (--enroll-token or ZPE_ENROLL_TOKEN)", file=sys.stderr)
         return 2
     try:
-        _enroll_from_args(args, Settings(), token)
+        _enroll_from_args(args, settings, token)
     except (ApiError, OSError) as exc:
         print(f"enrollment failed: {exc}", file=sys.stderr)
         return 1
@@ -72,9 +80,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from zpe_client.http import ApiError
     from zpe_worker.pull import PullWorker, TokenFileMismatch, must_enroll
 
-    settings = Settings()
+    settings = PullWorkerSettings()
     token_file = Path(args.token_file)
-    token = _enroll_token(args)
+    token = _enroll_token(args, settings)
     try:
         # Only an API named by the operator counts: the default URL must not make a
         # token file for another API look foreign.
@@ -141,7 +149,7 @@ def cmd_qe_version(args: argparse.Namespace) -> int:
     """Print this machine's pw.x version (what ZPE_QE_VERSION must be for its tasks)."""
     from zpe_core.engines.qe import engine_version_of
 
-    version = engine_version_of(args.pw_command or Settings().pw_command)
+    version = engine_version_of(args.pw_command or ComputeSettings().pw_command)
     if version is None:
         print("cannot read a version from pw.x (is it installed?)", file=sys.stderr)
         return 1
@@ -182,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    configure_logging(os.environ.get("ZPE_LOG_LEVEL", "INFO"))
+    configure_logging(CommonSettings().log_level)
     args = build_parser().parse_args(argv)
     code: int = args.func(args)
     return code

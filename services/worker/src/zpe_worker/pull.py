@@ -3,7 +3,7 @@
 ``enroll`` trades a single-use enroll token for a worker token, kept in a file
 only this user can read (0600). ``PullWorker.run`` then loops: renew the
 token when two thirds of its life are gone, long-poll for a lease, run the
-task with the local engine (``zpe_core.jobs.runner.compute_task``) while a
+task with the local engine (``zpe_core.jobs.compute.compute_task``) while a
 heartbeat thread extends the lease, and post the result or the failure under
 the lease's epoch with a fresh event id (a retried post is answered the same).
 
@@ -55,9 +55,9 @@ from zpe_client.models import TaskSpec
 from zpe_core.edge.tokens import digest_matches, token_digest
 from zpe_core.engines import get_engine
 from zpe_core.errors import EngineError, ZpeError
+from zpe_core.jobs.compute import compute_task
 from zpe_core.jobs.models import now
-from zpe_core.jobs.runner import compute_task
-from zpe_core.settings import Settings
+from zpe_core.settings import ComputeSettings, PullWorkerSettings
 
 log = logging.getLogger("zpe.worker.pull")
 
@@ -144,7 +144,9 @@ class Credentials:
         return t >= self.token_issued_at + lifetime * 2 / 3
 
 
-def local_capabilities(settings: Settings, engines: list[str], concurrency: int) -> Capabilities:
+def local_capabilities(
+    settings: ComputeSettings, engines: list[str], concurrency: int
+) -> Capabilities:
     """The engines this machine can run, with the versions that go into task keys."""
     versions: dict[str, str] = {}
     for name in engines:
@@ -235,7 +237,7 @@ def enroll(
 
 class ApiDensities:
     """Reference densities through the worker API, under the lease of the task being run
-    (``zpe_core.jobs.runner.ReferenceDensities``): the API picks the reference from the task."""
+    (``zpe_core.jobs.compute.ReferenceDensities``): the API picks the reference from the task."""
 
     def __init__(self, api: ApiClient, grant: LeaseGranted, max_bytes: int) -> None:
         self._api = api
@@ -282,7 +284,7 @@ class PullWorker:
     def __init__(
         self,
         token_file: Path,
-        settings: Settings,
+        settings: PullWorkerSettings,
         *,
         api: str | None = None,
         engines: list[str] | None = None,

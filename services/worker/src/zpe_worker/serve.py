@@ -16,7 +16,7 @@ import uvicorn
 
 from zpe_core.edge.hosts import is_loopback
 from zpe_core.errors import ConfigurationError
-from zpe_core.settings import Settings
+from zpe_core.settings import PushWorkerSettings
 from zpe_worker.app import create_app
 
 
@@ -32,9 +32,9 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(host: str, port: int, settings: Settings | None = None) -> None:
+def serve(host: str, port: int, settings: PushWorkerSettings | None = None) -> None:
     """Run the worker app until SIGTERM/SIGINT."""
-    settings = settings or Settings()
+    settings = settings or PushWorkerSettings()
     if settings.push_shared_secret is not None and not is_loopback(host):
         raise ConfigurationError(
             f"ZPE_PUSH_SHARED_SECRET is set, so the worker listens on loopback only "

@@ -40,13 +40,13 @@ from zpe_core.edge.tokens import (
 from zpe_core.errors import (
     AlreadyExists,
     Forbidden,
-    InputError,
     NotFound,
     SwitchedOff,
     Unauthorized,
 )
 from zpe_core.jobs.models import DEFAULT_TARGET, now
-from zpe_core.settings import Settings
+from zpe_core.jobs.targets import TargetAccess
+from zpe_core.settings import ApiSettings
 from zpe_core.store.base import JobStore
 
 ENROLL_PREFIX = "zpe_enroll_"
@@ -131,7 +131,7 @@ def _check_usable(record: EnrollToken) -> None:
 # ---------------------------------------------------------------------- admin check
 
 
-def check_admin(settings: Settings, presented: str | None) -> None:
+def check_admin(settings: ApiSettings, presented: str | None) -> None:
     """Raise unless ``presented`` is the configured admin token. Fails closed."""
     configured = settings.admin_token.get_secret_value() if settings.admin_token else ""
     if not configured:
@@ -151,7 +151,7 @@ def check_admin(settings: Settings, presented: str | None) -> None:
 class ComputeRegistry:
     """Enroll tokens, compute servers, worker tokens and switches on a ``JobStore``."""
 
-    def __init__(self, store: JobStore, settings: Settings) -> None:
+    def __init__(self, store: JobStore, settings: ApiSettings) -> None:
         self.store = store
         self.settings = settings
 
@@ -320,31 +320,12 @@ class ComputeRegistry:
 
     def target_open_to(self, owner: str, target: str) -> bool:
         """Whether ``owner`` may send jobs to ``target`` (``ZPE_TARGET_OWNERS``)."""
-        allowed = self.settings.target_owners.get(target)
-        return allowed is None or owner in allowed
+        return TargetAccess(self.settings).open_to(owner, target)
 
     def check_target(self, owner: str, target: str) -> None:
-        """Refuse a job's target unless it exists and is open to ``owner``.
-
-        It exists when ``ZPE_TARGETS`` names it or a registered server serves it. One
-        answer (422 ``target_unavailable``) for both refusals, so a target that is closed
-        to the caller cannot be told from one that does not exist.
-        """
-        if self.target_open_to(owner, target) and target in self.settings.configured_targets:
-            return  # the common case reads nothing
-        served = self.served_targets()
-        if self.target_open_to(owner, target) and target in served:
-            return
-        available = sorted(
-            t
-            for t in served | set(self.settings.configured_targets)
-            if self.target_open_to(owner, t)
-        )
-        raise InputError(
-            f"target {target!r} is not available to you: no compute server serves it, or it "
-            f"is not open to you; targets you may use: {', '.join(available) or 'none'}",
-            code="target_unavailable",
-        )
+        """Refuse a job's target unless ``ZPE_TARGETS`` names it or a registered server
+        serves it, and it is open to ``owner`` (``TargetAccess.check``)."""
+        TargetAccess(self.settings, self.served_targets).check(owner, target)
 
     def revoke(self, server_id: str, *, actor: str = "admin") -> ComputeServer:
         """Revoke a server's tokens at once (idempotent)."""

@@ -38,6 +38,7 @@ from zpe_core.errors import (
     InputError,
     InputTooLarge,
     NotFound,
+    StaleLease,
     StateConflict,
     ZpeError,
 )
@@ -51,7 +52,6 @@ from zpe_core.jobs.models import (
     now,
 )
 from zpe_core.jobs.service import JobService
-from zpe_core.jobs.transitions import StaleLease
 from zpe_core.physics.plan import is_reference
 from zpe_core.store.base import queue_lane
 

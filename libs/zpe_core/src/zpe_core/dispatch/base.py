@@ -5,16 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-from zpe_core.errors import ErrorSource, ZpeError
 from zpe_core.jobs.models import Task
-
-
-class DispatchError(ZpeError):
-    """A task could not be handed to any worker (after the dispatcher's own retries)."""
-
-    code = "dispatch_failed"
-    source = ErrorSource.DISPATCH
-    retryable = True
 
 
 class JobDispatcher(ABC):
@@ -26,12 +17,18 @@ class JobDispatcher(ABC):
     """
 
     name: str
+    #: Whether ``enqueued_task_ids`` knows which tasks await delivery in a queue.
+    tracks_deliveries: bool = False
 
     def start(self) -> None:  # noqa: B027 - optional hook
         """Start background resources (pools, schedulers)."""
 
     def stop(self) -> None:  # noqa: B027 - optional hook
         """Stop taking work and release resources."""
+
+    def enqueued_task_ids(self) -> set[str]:
+        """Task ids with a delivery waiting in the dispatcher's queue (``tracks_deliveries``)."""
+        raise NotImplementedError(f"{self.name} keeps no queue of deliveries")
 
     @abstractmethod
     def dispatch(self, tasks: Sequence[Task]) -> None:

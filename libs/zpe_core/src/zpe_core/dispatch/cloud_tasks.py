@@ -10,39 +10,34 @@ de-duplicated by Cloud Tasks (``AlreadyExists`` counts as success), while a
 task re-queued after a failed or expired attempt gets a new name.
 
 Transient API errors are retried with exponential backoff and jitter; after
-that ``DispatchError`` is raised and ``JobService`` fails the jobs with the
-reason. A reconciler thread finds tasks left queued longer than
+that ``DispatchError`` is raised and the jobs fail with the reason. The
+dispatcher lists the tasks its queue holds (``enqueued_task_ids``): the
+control plane's reaper re-dispatches tasks left queued longer than
 ``ZPE_REDISPATCH_AFTER_SECONDS`` that have no Cloud Task any more (exhausted
-retries that never reached the worker, a dispatch lost in a crash) and
-re-dispatches them through the retry rule of ``zpe_core.jobs.transitions``
-(an attempt counted, scheduled after the backoff, a dead letter after
-``ZPE_RETRY_MAX``), so that nothing waits forever.
+retries that never reached the worker, a dispatch lost in a crash) through the
+retry rule of ``zpe_core.jobs.transitions`` (an attempt counted, scheduled after
+the backoff, a dead letter after ``ZPE_RETRY_MAX``), so that nothing waits
+forever (``zpe_core.jobs.repair``).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import random
 import re
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from zpe_core.dispatch.base import DispatchError, JobDispatcher
+from zpe_core.dispatch.base import JobDispatcher
 from zpe_core.edge.hosts import is_loopback
-from zpe_core.errors import ConfigurationError, ErrorSource
-from zpe_core.jobs import transitions
-from zpe_core.jobs.models import ErrorInfo, Task, TaskState, now
+from zpe_core.errors import ConfigurationError, DispatchError
+from zpe_core.jobs.models import Task, now
 from zpe_core.observability.logs import REQUEST_ID_HEADER, current_request_id
-from zpe_core.settings import Settings
-
-if TYPE_CHECKING:
-    from zpe_core.jobs.service import JobService
+from zpe_core.settings import ApiSettings, PushSettings
 
 log = logging.getLogger("zpe.dispatch.cloud_tasks")
 
@@ -52,7 +47,7 @@ _QUEUE_RE = re.compile(r"^projects/[^/]+/locations/[^/]+/queues/[A-Za-z0-9-]+$")
 _MAX_DISPATCH_DEADLINE = 1800.0  # Cloud Tasks' limit for HTTP targets
 
 
-def check_push_secret(settings: Settings) -> None:
+def check_push_secret(settings: PushSettings) -> None:
     """``ZPE_PUSH_SHARED_SECRET`` belongs next to the local Cloud Tasks emulator only.
 
     The emulator sends no OIDC token, so there the secret stands in for it. Anywhere
@@ -73,7 +68,7 @@ def check_push_secret(settings: Settings) -> None:
         )
 
 
-def validate_settings(settings: Settings) -> None:
+def validate_settings(settings: ApiSettings) -> None:
     """Refuse to start in cloud-tasks mode without what it needs; name the missing setting."""
     check_push_secret(settings)
     missing: list[str] = []
@@ -108,7 +103,7 @@ def validate_settings(settings: Settings) -> None:
         )
 
 
-def build_client(settings: Settings) -> Any:
+def build_client(settings: PushSettings) -> Any:
     """A ``CloudTasksClient``: insecure gRPC to the emulator, else default credentials."""
     from google.cloud import tasks_v2
 
@@ -156,12 +151,12 @@ class CloudTasksDispatcher(JobDispatcher):
     """Enqueues one HTTP push task per task; reconciles tasks that lost theirs."""
 
     name = "cloud-tasks"
+    tracks_deliveries = True
 
     def __init__(
         self,
-        settings: Settings,
+        settings: ApiSettings,
         *,
-        service: JobService | None = None,
         client: Any = None,
         attempts: int = 4,
         backoff_seconds: float = 0.25,
@@ -172,28 +167,10 @@ class CloudTasksDispatcher(JobDispatcher):
         self.settings = settings
         self.queue = settings.tasks_queue
         self.url = settings.worker_url.rstrip("/") + RUN_PATH
-        self._service = service
         self._client = client if client is not None else build_client(settings)
         self._attempts = attempts
         self._backoff = backoff_seconds
         self._sleep = sleep
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> None:
-        if self._service is None or self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="zpe-reconciler", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
 
     # ------------------------------------------------------------------ dispatch
 
@@ -283,77 +260,9 @@ class CloudTasksDispatcher(JobDispatcher):
                 )
                 self._sleep(random.uniform(delay / 2, delay))
 
-    # ------------------------------------------------------------------ reconciler
-
-    def _loop(self) -> None:
-        interval = min(60.0, max(1.0, self.settings.redispatch_after_seconds / 2))
-        while not self._stop.wait(interval):
-            try:
-                count = self.reconcile()
-                if count:
-                    log.info("reconciler re-dispatched tasks", extra={"count": count})
-            except Exception:
-                log.exception("reconciler round failed")
+    # ------------------------------------------------------------------ deliveries
 
     def enqueued_task_ids(self) -> set[str]:
         """Store task ids that have a Cloud Task in the queue right now."""
         pager = self._client.list_tasks(request={"parent": self.queue, "page_size": 1000})
         return {task_id_of(cloud_task.name) for cloud_task in pager}
-
-    def reconcile(self, at: float | None = None) -> int:
-        """Re-dispatch queued tasks whose Cloud Task is gone; returns how many.
-
-        A task is a candidate when it has been due, and unchanged, for
-        ``redispatch_after_seconds`` (before the time ``at``, default now).
-        If the queue still holds a Cloud Task for it, it is only waiting (a backlog)
-        and is left alone. Otherwise its delivery was lost: that counts an attempt
-        (so the new dispatch has a new name, and a task nobody can ever deliver ends
-        as a dead letter with the reason instead of waiting forever).
-        """
-        service = self._service
-        if service is None:
-            return 0
-        store, policy = service.store, self.settings.retry_policy
-        deadline = (now() if at is None else at) - self.settings.redispatch_after_seconds
-        stale: list[Task] = []
-        for task in store.queued_before(deadline):
-            if task.updated_at >= deadline:
-                continue  # queued, subscribed or dispatched again recently
-            if service.has_active_subscriber(task):
-                stale.append(task)
-            else:
-                service.abandon_if_unwanted(task.task_id)
-        if not stale:
-            return 0
-        present = self.enqueued_task_ids()
-        waited = self.settings.redispatch_after_seconds
-        redispatch: list[Task] = []
-        for seen in stale:
-            if seen.task_id in present:
-                continue
-
-            error = ErrorInfo(
-                code="delivery_lost",
-                message=f"no worker ran the task within {waited:.0f} s of it being due "
-                "and the queue no longer holds it (check the worker URL, its "
-                "authentication and the queue)",
-                source=ErrorSource.DISPATCH,
-                retryable=True,
-            )
-            change = functools.partial(transitions.redeliver, seen=seen, error=error, policy=policy)
-            lost = store.mutate_task(seen.task_id, change)
-            if not lost.wrote:
-                continue  # a worker or another reconciler moved it meanwhile
-            task = lost.value
-            log.warning(
-                "task delivery lost", extra={"task_id": task.task_id, "state": task.state.value}
-            )
-            if task.state is TaskState.QUEUED:
-                store.mark_ready(task)
-                redispatch.append(task)
-            else:
-                service.task_failed(task)
-        if redispatch:
-            # Through the service: a DispatchError there fails the jobs with the reason.
-            service._dispatch(redispatch)
-        return len(redispatch)

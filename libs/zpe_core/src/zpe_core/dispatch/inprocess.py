@@ -11,52 +11,47 @@ from __future__ import annotations
 
 import heapq
 import logging
-import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
 from zpe_core.dispatch.base import JobDispatcher
 from zpe_core.jobs.models import Task, now
-from zpe_core.observability.logs import current_request_id, log_context
-from zpe_core.settings import Settings
+from zpe_core.observability.logs import current_request_id
+from zpe_core.settings import ApiSettings
 
 log = logging.getLogger("zpe.dispatch.inprocess")
 
 _MAX_CRASH_RETRIES = 8  # then the periodic reconcile (JobService.reconcile) takes over
 
-_worker_service = None  # the JobService of a pool process, built once by _init_worker
-
-
-def _init_worker(settings_json: str) -> None:
-    global _worker_service
-    from zpe_core.jobs.service import JobService
-    from zpe_core.store import open_store
-
-    settings = Settings.model_validate_json(settings_json)
-    store = open_store(settings.store_url, max_artifact_bytes=settings.max_artifact_bytes)
-    _worker_service = JobService(store, None, settings)
-
-
-def _run_in_worker(task_id: str, request_id: str | None = None) -> str:
-    from zpe_core.jobs.runner import run_task
-
-    assert _worker_service is not None
-    with log_context(request_id=request_id):
-        return run_task(_worker_service, task_id, f"inprocess-{os.getpid()}").value
+#: Runs one task by id (with the submitting request's id, for the logs); returns its outcome.
+TaskRun = Callable[[str, str | None], str]
 
 
 class InProcessDispatcher(JobDispatcher):
-    """Runs tasks in a pool of ``ZPE_INPROCESS_CONCURRENCY`` local workers."""
+    """Runs tasks in a pool of ``ZPE_INPROCESS_CONCURRENCY`` local workers.
+
+    ``run`` runs one task. In a process pool it is pickled by name, so it must be a
+    module-level function, and ``initializer`` (called with the settings as JSON)
+    prepares each process for it; with ``use_threads`` it may be any callable.
+    """
 
     name = "inprocess"
 
-    def __init__(self, settings: Settings, *, use_threads: bool = False, service: object = None):
+    def __init__(
+        self,
+        settings: ApiSettings,
+        run: TaskRun,
+        *,
+        initializer: Callable[[str], None] | None = None,
+        use_threads: bool = False,
+    ) -> None:
         self.settings = settings
+        self._run = run
+        self._initializer = initializer
         self._use_threads = use_threads
-        self._service = service  # the API's JobService, used by thread workers
         self._executor: Executor | None = None
         self._lock = threading.Lock()
         self._delayed: list[tuple[float, str]] = []
@@ -69,10 +64,12 @@ class InProcessDispatcher(JobDispatcher):
         workers = self.settings.inprocess_concurrency
         if self._use_threads:
             return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zpe-task")
+        if self._initializer is None:
+            return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
         return ProcessPoolExecutor(
             max_workers=workers,
             mp_context=get_context("spawn"),
-            initializer=_init_worker,
+            initializer=self._initializer,
             initargs=(self.settings.model_dump_json(),),
         )
 
@@ -130,31 +127,19 @@ class InProcessDispatcher(JobDispatcher):
                 self._executor = self._new_executor()
             executor = self._executor
         try:
-            if self._use_threads:
-                future: Future[str] = executor.submit(self._run_in_thread, task_id, request_id)
-            else:
-                future = executor.submit(_run_in_worker, task_id, request_id)
+            future: Future[str] = executor.submit(self._run, task_id, request_id)
         except (BrokenProcessPool, RuntimeError):
             # A worker process died and broke the pool: start a new pool and retry once.
             log.warning("worker pool broken; restarting it")
             with self._lock:
                 self._executor = self._new_executor()
                 executor = self._executor
-            future = executor.submit(_run_in_worker, task_id)
+            future = executor.submit(self._run, task_id, request_id)
 
         def on_done(f: Future[str]) -> None:
             self._done(task_id, f)
 
         future.add_done_callback(on_done)
-
-    def _run_in_thread(self, task_id: str, request_id: str | None = None) -> str:
-        from zpe_core.jobs.runner import run_task
-        from zpe_core.jobs.service import JobService
-
-        assert isinstance(self._service, JobService)
-        worker_id = f"inprocess-{os.getpid()}-{threading.get_ident()}"
-        with log_context(request_id=request_id):
-            return run_task(self._service, task_id, worker_id).value
 
     def _done(self, task_id: str, future: Future[str]) -> None:
         exc = future.exception()

@@ -15,9 +15,15 @@ ingress (``ZPE_INGRESS``), so the proxy is the only way in.
 
 from __future__ import annotations
 
-from zpe_core.edge.id_tokens import CachingRequest, CertsUnavailable, TokenRejected, TokenVerifier
-from zpe_core.errors import AuthUnavailable, ConfigurationError, Unauthorized
-from zpe_core.settings import Settings
+from zpe_core.edge.id_tokens import CachingRequest, TokenVerifier
+from zpe_core.errors import (
+    AuthUnavailable,
+    CertsUnavailable,
+    ConfigurationError,
+    TokenRejected,
+    Unauthorized,
+)
+from zpe_core.settings import ApiSettings
 
 ASSERTION_HEADER = "X-Goog-IAP-JWT-Assertion"
 IAP_ISSUER = "https://cloud.google.com/iap"
@@ -25,7 +31,7 @@ IAP_ISSUER = "https://cloud.google.com/iap"
 PRIVATE_INGRESS = ("internal", "internal-and-cloud-load-balancing")
 
 
-def check_identity_settings(settings: Settings) -> None:
+def check_identity_settings(settings: ApiSettings) -> None:
     """Refuse ``ZPE_TRUSTED_IDENTITY_HEADER`` without IAP's audience or behind a public ingress."""
     if not settings.trusted_identity_header:
         return
@@ -47,7 +53,7 @@ def check_identity_settings(settings: Settings) -> None:
 class IapVerifier:
     """The caller's email from a verified IAP assertion (``Unauthorized`` otherwise)."""
 
-    def __init__(self, settings: Settings, request: CachingRequest | None = None) -> None:
+    def __init__(self, settings: ApiSettings, request: CachingRequest | None = None) -> None:
         check_identity_settings(settings)
         self._verifier = TokenVerifier(settings.iap_certs_url, settings.iap_audience, request)
 

@@ -21,18 +21,12 @@ import google.auth.transport.requests
 from google.auth import exceptions as auth_exceptions
 from google.oauth2 import id_token
 
+from zpe_core.errors import CertsUnavailable, TokenRejected
+
 CLOCK_SKEW_SECONDS = 10
 _DEFAULT_CERTS_TTL = 300.0
 _MAX_CERTS_TTL = 24 * 3600.0
 _MAX_AGE = re.compile(r"max-age=(\d+)")
-
-
-class TokenRejected(Exception):
-    """The token is malformed, forged, expired or for another audience."""
-
-
-class CertsUnavailable(Exception):
-    """The signing keys could not be fetched: nothing can be verified now (retry later)."""
 
 
 @dataclass

@@ -12,6 +12,8 @@ import hashlib
 import hmac
 import secrets
 
+from zpe_core.errors import Unauthorized
+
 #: Longest token accepted (anything longer is malformed, not looked up).
 MAX_TOKEN_LENGTH = 200
 
@@ -44,3 +46,16 @@ def split_token(token: str, prefix: str) -> str | None:
     if not sep or len(secret) < 32:
         return None
     return token_id
+
+
+def check_metrics_token(configured: str | None, presented: str | None) -> None:
+    """With ``ZPE_METRICS_TOKEN`` set, refuse (401) a scrape without that bearer token."""
+    if configured is None:
+        return
+    if not presented:
+        raise Unauthorized(
+            "GET /metrics wants 'Authorization: Bearer <ZPE_METRICS_TOKEN>'",
+            code="metrics_token_required",
+        )
+    if not secret_matches(presented, configured):
+        raise Unauthorized("the metrics token is not valid", code="invalid_metrics_token")

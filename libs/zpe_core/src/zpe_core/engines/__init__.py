@@ -6,14 +6,14 @@ from pathlib import Path
 
 from zpe_core.engines.base import Engine
 from zpe_core.errors import ConfigurationError
-from zpe_core.settings import Settings
+from zpe_core.settings import ComputeSettings
 
 ENGINE_NAMES = ("qe", "mock")
 
 __all__ = ["ENGINE_NAMES", "Engine", "get_engine"]
 
 
-def get_engine(name: str, settings: Settings) -> Engine:
+def get_engine(name: str, settings: ComputeSettings) -> Engine:
     """The engine called ``name``, configured from ``settings``.
 
     Does not check ``settings.engines`` (the allowed list): callers that take

@@ -44,7 +44,7 @@ from ase import Atoms
 from ase.calculators.espresso import Espresso, EspressoProfile
 
 from zpe_core.engines.base import Engine
-from zpe_core.errors import EngineError, InputError
+from zpe_core.errors import EngineError, InputError, ShippedOutdirError
 from zpe_core.jobs.models import TaskResult, TaskSpec
 from zpe_core.physics.namelists import (
     PW_DEFAULT_CONV_THR_RY,
@@ -394,10 +394,6 @@ _SHIPPED_MAGIC = b"ZPE-REFERENCE-OUTDIR-1\n"
 _SHIPPED_NAME = re.compile(
     rf"{_PREFIX}\.xml|{_PREFIX}\.save/[A-Za-z0-9_-]{{1,64}}\.(?:dat|txt|xml)"
 )
-
-
-class ShippedOutdirError(ValueError):
-    """A shipped reference outdir is corrupt, too large or holds files it may not."""
 
 
 def pack_outdir(outdir: Path, max_bytes: int) -> bytes | None:

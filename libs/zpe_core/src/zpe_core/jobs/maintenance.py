@@ -1,7 +1,10 @@
 """The background reaper: re-queues expired leases, fails exhausted tasks, and
 every ``reconcile_interval`` seconds repairs what a crash or a store outage left
 half-done (``JobService.reconcile``: lost dispatches, uncounted results) and deletes
-old shipped reference densities.
+old shipped reference densities. With a dispatcher that keeps a queue of
+deliveries (Cloud Tasks), it also re-dispatches tasks whose delivery vanished
+(``JobService.redispatch_lost``), every ``ZPE_REDISPATCH_AFTER_SECONDS / 2``
+(between 1 and 60 seconds).
 
 The seed system reaped expired leases only when another worker polled, so a
 job could sit in ``queued`` forever. Here the control plane runs this loop.
@@ -30,6 +33,13 @@ class Reaper:
         self._interval = interval
         self._reconcile_interval = reconcile_interval
         self._next_reconcile = time.monotonic() + reconcile_interval
+        dispatcher = service.dispatcher
+        self._lost_interval = (
+            min(60.0, max(1.0, service.settings.redispatch_after_seconds / 2))
+            if dispatcher is not None and dispatcher.tracks_deliveries
+            else None
+        )
+        self._next_lost = time.monotonic() + (self._lost_interval or 0.0)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -57,6 +67,11 @@ class Reaper:
                     pruned = self._service.prune_reference_densities()
                     if pruned:
                         log.info("pruned old reference densities", extra={"count": pruned})
+                if self._lost_interval is not None and time.monotonic() >= self._next_lost:
+                    self._next_lost = time.monotonic() + self._lost_interval
+                    lost = self._service.redispatch_lost()
+                    if lost:
+                        log.info("re-dispatched lost deliveries", extra={"count": lost})
             except ZpeError as exc:  # store outage: try again next round
                 log.warning("reaper round failed", extra={"error": exc.message})
             except Exception:

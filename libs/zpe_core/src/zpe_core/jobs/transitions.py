@@ -56,7 +56,7 @@ from __future__ import annotations
 import secrets
 from typing import Literal
 
-from zpe_core.errors import ErrorSource, StateConflict
+from zpe_core.errors import ErrorSource, StaleLease
 from zpe_core.jobs.models import (
     AttemptRecord,
     ErrorInfo,
@@ -67,12 +67,6 @@ from zpe_core.jobs.models import (
     TaskState,
     now,
 )
-
-
-class StaleLease(StateConflict):
-    """A heartbeat, result or failure carried a lease that is no longer current."""
-
-    code = "stale_lease"
 
 
 def retry_or_dead_letter(

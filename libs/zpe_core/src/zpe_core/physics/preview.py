@@ -9,7 +9,7 @@ stores nothing, so a UI can show the structure as soon as the text is pasted.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args
 
 from ase.neighborlist import neighbor_list
 from pydantic import BaseModel, Field
@@ -22,7 +22,7 @@ from zpe_core.physics.analysis import (
     partly_frozen_molecule,
     partly_frozen_note,
 )
-from zpe_core.physics.namelists import PW_DEFAULT_CONV_THR_RY
+from zpe_core.physics.namelists import PW_DEFAULT_CONV_THR_RY, InputLimits
 from zpe_core.physics.qe_input import (
     ParsedInput,
     check_species_labels,
@@ -30,7 +30,6 @@ from zpe_core.physics.qe_input import (
     select_mobile,
 )
 from zpe_core.physics.symmetry import plan_reduction
-from zpe_core.settings import Settings
 
 #: Atoms closer than this (Angstrom) are almost certainly a mistake (a duplicated line).
 OVERLAP_ANGSTROM = 0.5
@@ -39,6 +38,33 @@ LOOSE_CONV_THR_RY = 1e-8
 #: Below this the force differences drown in SCF noise; above it anharmonicity shows.
 SMALL_DELTA_ANGSTROM = 0.005
 LARGE_DELTA_ANGSTROM = 0.03
+
+
+class EngineOptions(Protocol):
+    """The engines a service offers (``zpe_core.settings.ServiceSettings`` has them)."""
+
+    @property
+    def default_engine(self) -> str: ...
+    @property
+    def engines(self) -> list[str]: ...
+
+
+class PreviewSettings(EngineOptions, Protocol):
+    """The service options a preview reads (``zpe_core.settings.ApiSettings`` has them):
+    a port, so the physics never imports the settings that configure the processes."""
+
+    @property
+    def execution_mode(self) -> str: ...
+    @property
+    def pseudo_dir(self) -> str: ...
+    @property
+    def max_input_bytes(self) -> int: ...
+    @property
+    def max_mobile_atoms(self) -> int: ...
+    @property
+    def input_limits(self) -> InputLimits: ...
+    @property
+    def poll_retry_after_seconds(self) -> int: ...
 
 
 class InputWarning(BaseModel):
@@ -108,7 +134,7 @@ class InputPreview(BaseModel):
     warnings: list[InputWarning]
 
 
-def resolve_engine(requested: str | None, settings: Settings) -> str:
+def resolve_engine(requested: str | None, settings: EngineOptions) -> str:
     """The engine a request runs on; :class:`InputError` if the server does not offer it."""
     engine = requested or settings.default_engine
     if engine not in settings.engines:
@@ -119,7 +145,7 @@ def resolve_engine(requested: str | None, settings: Settings) -> str:
     return engine
 
 
-def preview_request(request: JobRequest, settings: Settings) -> InputPreview:
+def preview_request(request: JobRequest, settings: PreviewSettings) -> InputPreview:
     """Parse and check a submission; raise :class:`InputError` with a code on any problem.
 
     Without ``mobile`` the default selection (every atom not fully fixed) is
@@ -232,7 +258,7 @@ def preview_request(request: JobRequest, settings: Settings) -> InputPreview:
 
 
 def input_warnings(
-    parsed: ParsedInput, request: JobRequest, engine: str, settings: Settings
+    parsed: ParsedInput, request: JobRequest, engine: str, settings: PreviewSettings
 ) -> list[InputWarning]:
     """Warnings about an input that runs but is probably not what the user wants."""
     found: list[InputWarning] = []
@@ -268,7 +294,7 @@ def input_warnings(
     return found
 
 
-def _qe_warnings(parsed: ParsedInput, settings: Settings) -> list[InputWarning]:
+def _qe_warnings(parsed: ParsedInput, settings: PreviewSettings) -> list[InputWarning]:
     found: list[InputWarning] = []
     if parsed.calculation != "scf":
         found.append(
@@ -351,7 +377,7 @@ class ClientConfig(BaseModel):
     poll_retry_after_seconds: int
 
 
-def client_config(settings: Settings) -> ClientConfig:
+def client_config(settings: PreviewSettings) -> ClientConfig:
     """Engines, limits and request defaults, for clients that build a submission form."""
     fields = JobRequest.model_fields
     return ClientConfig(

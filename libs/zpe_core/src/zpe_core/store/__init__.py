@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from zpe_core.errors import ConfigurationError
-from zpe_core.jobs.transitions import StaleLease
+from zpe_core.errors import ConfigurationError, StaleLease
+from zpe_core.extras import require_extra
 from zpe_core.store.base import JobStore
 from zpe_core.store.file import FileJobStore
 from zpe_core.store.memory import MemoryJobStore
@@ -17,7 +17,7 @@ def open_store(url: str, *, max_artifact_bytes: int | None = None) -> JobStore:
     """Open the store a URL names.
 
     ``file:///abs/path`` (or ``file://relative/path``), ``memory://``,
-    ``redis://host:port/db``, ``gs://bucket/prefix``.
+    ``redis://host:port/db`` (the ``[redis]`` extra), ``gs://bucket/prefix`` (``[gcs]``).
     """
     kwargs = {} if max_artifact_bytes is None else {"max_artifact_bytes": max_artifact_bytes}
     scheme = urlparse(url).scheme
@@ -29,10 +29,12 @@ def open_store(url: str, *, max_artifact_bytes: int | None = None) -> JobStore:
     if scheme == "memory":
         return MemoryJobStore(**kwargs)
     if scheme in ("redis", "rediss"):
+        require_extra("redis", "redis", f"ZPE_STORE_URL={scheme}://")
         from zpe_core.store.redis import RedisJobStore
 
         return RedisJobStore.from_url(url, **kwargs)
     if scheme == "gs":
+        require_extra("google.cloud.storage", "gcs", "ZPE_STORE_URL=gs://")
         from zpe_core.store.gcs import GcsJobStore
 
         return GcsJobStore.from_url(url, **kwargs)

@@ -7,7 +7,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from zpe_api.deps import AuthorizationHeader, bearer_token, get_app_settings, get_store
 from zpe_api.problems import problem_responses
-from zpe_core.observability.metrics import CONTENT_TYPE_LATEST, MetricsExporter, check_metrics_token
+from zpe_core.edge.tokens import check_metrics_token
+from zpe_core.observability.exporter import CONTENT_TYPE_LATEST, MetricsExporter
 
 router = APIRouter(tags=["health"])
 
