@@ -111,7 +111,14 @@ class Worker:
     """A ``zpe-worker pull`` process; enrolls on first start with its enroll token."""
 
     def __init__(
-        self, api: Api, tmp_path: Path, name: str, *, delay: float = 0.0, engines: str = "mock"
+        self,
+        api: Api,
+        tmp_path: Path,
+        name: str,
+        *,
+        delay: float = 0.0,
+        engines: str = "mock",
+        concurrency: int = 1,
     ) -> None:
         self.token_file = tmp_path / f"{name}.token.json"
         self.log_path = tmp_path / f"{name}.log"
@@ -131,6 +138,7 @@ class Worker:
                 "--poll-wait", "1",
                 "--idle-max", "0.3",
                 "--grace", "20",
+                "--concurrency", str(concurrency),
             ],
             env=env,
             stdout=self._log,
@@ -196,6 +204,40 @@ def test_two_pull_workers_complete_a_job_then_stop_on_sigterm(
         for worker in workers:
             worker.proc.send_signal(signal.SIGTERM)
         assert [worker.wait(timeout=20) for worker in workers] == [0, 0]
+    finally:
+        for worker in workers:
+            worker.kill()
+
+
+def _counter(api: Api, name: str, route: str) -> float:
+    """A counter of the API process, read through its ``GET /metrics``."""
+    prefix = f'{name}{{route="{route}"}} '
+    for line in api.client.get("/metrics").text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :])
+    return 0.0
+
+
+def test_workers_with_several_slots_lease_several_tasks_per_request(
+    redis_api: Api, tmp_path: Path
+) -> None:
+    """Issue 17: a worker leases as many tasks as it has free slots in one request."""
+    job_id = redis_api.submit("h2o_zpe.in")  # 10 tasks, queued before the workers ask
+    workers = [Worker(redis_api, tmp_path, f"w{i}", delay=0.3, concurrency=4) for i in range(2)]
+    try:
+        status = redis_api.wait(job_id, timeout=120)
+        assert status["state"] == "done", status
+        assert status["progress"]["done"] == 10
+        requests = _counter(redis_api, "zpe_pull_lease_requests_total", "leases")
+        leased = _counter(redis_api, "zpe_pull_tasks_leased_total", "leases")
+        assert leased >= 10, leased
+        assert 0 < requests < 10 and requests < leased, (requests, leased)
+        assert _counter(redis_api, "zpe_pull_lease_requests_total", "lease") == 0
+        done = {s["name"]: s["tasks_done"] for s in redis_api.servers()}
+        assert sum(done.values()) == 10, done
+        for worker in workers:
+            worker.proc.send_signal(signal.SIGTERM)
+        assert [worker.wait(timeout=30) for worker in workers] == [0, 0]
     finally:
         for worker in workers:
             worker.kill()

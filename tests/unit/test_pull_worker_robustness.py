@@ -46,17 +46,25 @@ def test_missing_scratch_dir_is_an_engine_error(tmp_path: Path) -> None:
     assert "gone" in caught.value.message
 
 
-def pull_worker(tmp_path: Path, settings: Settings) -> tuple[PullWorker, list[dict[str, object]]]:
+def pull_worker(
+    tmp_path: Path, settings: Settings, leases: list[dict[str, object]] | None = None
+) -> tuple[PullWorker, list[dict[str, object]]]:
+    """A worker whose API answers ``leases`` to a lease request and records its outcomes."""
     token_file = tmp_path / "token.json"
     Credentials("http://api", "s0123", "zpe_worker_x_secret", 0.0, 4e9).save(token_file)
     worker = PullWorker(token_file, settings, api="http://api")
     posts: list[dict[str, object]] = []
 
     def handle(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/heartbeat"):
-            return httpx.Response(200, json={})
-        posts.append({"path": request.url.path, **json.loads(request.content)})
-        return httpx.Response(200, json={"status": "ok"})
+        if request.url.path.endswith("/heartbeats"):
+            return httpx.Response(200, json={"items": []})
+        if request.url.path.endswith("/tasks/leases"):
+            return httpx.Response(200, json={"leases": leases or [], "batch_max": 16})
+        assert request.url.path == "/calc/zpe/compute/tasks/outcomes", request.url.path
+        items = json.loads(request.content)["outcomes"]
+        posts.extend(items)
+        answers = [{"task_id": item["task_id"], "status": 200, "answer": {}} for item in items]
+        return httpx.Response(200, json={"items": answers})
 
     worker.client = ApiClient("http://api", token="t", transport=httpx.MockTransport(handle))
     return worker, posts
@@ -84,29 +92,24 @@ def test_any_error_is_reported_and_frees_the_slot(tmp_path: Path) -> None:
     worker._drain()
     assert worker._running == {}, "the slot was not freed"
     assert worker.finished == 1
-    failed = [p for p in posts if str(p["path"]).endswith("/failed")]
+    failed = [p for p in posts if "failure" in p]
     assert len(failed) == 1, posts
-    assert failed[0]["retryable"] is True
+    assert failed[0]["failure"]["retryable"] is True  # type: ignore[index]
     assert failed[0]["epoch"] == 1 and failed[0]["lease_id"] == "l1"
 
 
 def test_an_unreadable_grant_is_reported_not_held(tmp_path: Path) -> None:
+    settings = Settings(allowed_engines="mock")
+    good = dict(grant(mock_spec(settings).model_dump(mode="json")), task_id="b" * 64)
     bad = grant({"engine": "mock", "symbols": "not a list"})
-    posts: list[dict[str, object]] = []
-
-    def handle(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/lease"):
-            return httpx.Response(200, json=bad)
-        posts.append({"path": request.url.path, **json.loads(request.content)})
-        return httpx.Response(200, json={"status": "ok"})
-
-    worker, _ = pull_worker(tmp_path, Settings(allowed_engines="mock"))
-    worker.client = ApiClient("http://api", token="t", transport=httpx.MockTransport(handle))
-    assert worker._lease() is None
+    worker, posts = pull_worker(tmp_path, settings, leases=[bad, good])
+    granted = worker._lease(2)
+    assert [g.task_id for g in granted] == ["b" * 64]  # the readable one is run
     assert worker._running == {}
-    failed = [p for p in posts if str(p["path"]).endswith("/failed")]
+    failed = [p for p in posts if "failure" in p]
     assert len(failed) == 1, posts
-    assert failed[0]["retryable"] is True
+    assert failed[0]["task_id"] == "a" * 64
+    assert failed[0]["failure"]["retryable"] is True  # type: ignore[index]
     assert failed[0]["epoch"] == 1 and failed[0]["lease_id"] == "l1"
 
 

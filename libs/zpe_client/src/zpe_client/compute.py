@@ -7,9 +7,9 @@ switches. The pull worker and the API share them.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
 
 from zpe_client.models import AttemptRecord, ErrorInfo, TaskResult, TaskSpec
 
@@ -179,12 +179,86 @@ class ResultSubmission(LeaseRef):
     result: ResultBody
 
 
-class FailureReport(LeaseRef):
-    event_id: EventId | None = Field(default=None, description="Or the X-Event-Id header.")
+class FailureBody(BaseModel):
+    """A failed attempt as a worker reports it."""
+
+    model_config = ConfigDict(extra="forbid")
+
     retryable: bool = Field(description="False for permanent failures (a pw.x input error).")
     code: str = Field(default="engine_failed", pattern=CODE_PATTERN)
     reason: str = Field(min_length=1, max_length=2000)
     detail: str | None = Field(default=None, max_length=8000, description="e.g. pw.x output tail")
+
+
+class FailureReport(LeaseRef, FailureBody):
+    event_id: EventId | None = Field(default=None, description="Or the X-Event-Id header.")
+
+
+# ---------------------------------------------------------------------- batched protocol
+# A worker with several free slots leases, heartbeats and reports several tasks per
+# request; each item keeps its own lease (epoch, lease id) and event id, and is answered
+# on its own: a stale item is refused without touching the others.
+
+#: The schema's bound; ``ZPE_PULL_BATCH_MAX`` (at most this) is the one enforced.
+BATCH_SCHEMA_MAX = 256
+
+
+class LeaseBatchRequest(LeaseRequest):
+    max_tasks: int = Field(
+        default=1,
+        ge=1,
+        le=BATCH_SCHEMA_MAX,
+        description="Lease up to this many tasks (the free slots); at most ZPE_PULL_BATCH_MAX.",
+    )
+
+
+class LeaseBatch(BaseModel):
+    leases: list[LeaseGranted] = Field(description="At least one; 204 instead of none.")
+    batch_max: int = Field(description="Most tasks one batched request may name here.")
+
+
+class HeldLease(LeaseRef):
+    task_id: str = Field(min_length=1, max_length=128)
+
+
+class HeartbeatBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    leases: list[HeldLease] = Field(min_length=1, max_length=BATCH_SCHEMA_MAX)
+
+
+class OutcomeItem(HeldLease):
+    """A result or a failure of one task, under its lease, with its own event id."""
+
+    event_id: EventId
+    result: ResultBody | None = None
+    failure: FailureBody | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> OutcomeItem:
+        if (self.result is None) == (self.failure is None):
+            raise ValueError("an outcome has exactly one of result and failure")
+        return self
+
+
+class OutcomeBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    outcomes: list[OutcomeItem] = Field(min_length=1, max_length=BATCH_SCHEMA_MAX)
+
+
+class ItemAnswer(BaseModel):
+    """The answer to one item of a batch: the status and body its single-task route gives."""
+
+    task_id: str
+    status: int = Field(description="200, or the error status the single-task route answers.")
+    answer: dict[str, Any] | None = Field(default=None, description="When status is 200.")
+    code: str | None = Field(default=None, description="The problem code, when not 200.")
+    detail: str | None = None
+
+
+class BatchAnswer(BaseModel):
+    items: list[ItemAnswer] = Field(description="One per item, in the request's order.")
 
 
 class DeadLetter(BaseModel):

@@ -59,6 +59,12 @@ class ComputeSettings(CommonSettings):
     mock_delay_seconds: float = Field(default=0.0, ge=0.0, le=600.0)
     lease_seconds: float = 120.0
     heartbeat_seconds: float = 20.0
+    pull_batch_max: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description="Most tasks one pull lease, heartbeat or outcome request names.",
+    )
     max_atoms: int = Field(default=200, ge=1, description="Atoms per input (&SYSTEM nat).")
     max_ecutwfc: float = Field(default=200.0, gt=0.0, description="Ry.")
     max_ecutrho: float = Field(default=1600.0, gt=0.0, description="Ry.")

@@ -17,7 +17,7 @@ from zpe_api.edge import install_host_check, trusted_networks
 from zpe_api.observability import install_observability
 from zpe_api.problems import install_problem_handlers, problem_responses
 from zpe_api.routers import admin, api_keys, calc, compute, health, jobs, metrics, ui
-from zpe_api.routers.compute import DENSITY_PATH, RESULT_PATH
+from zpe_api.routers.compute import DENSITY_PATH, OUTCOMES_PATH, RESULT_PATH
 from zpe_core import __version__
 from zpe_core.bootstrap import ControlPlane
 from zpe_core.edge.body_limit import BodyLimit, RouteLimit
@@ -69,6 +69,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         routes=[
             RouteLimit(
                 RESULT_PATH, settings.max_result_bytes, "result_too_large", "worker results"
+            ),
+            RouteLimit(
+                OUTCOMES_PATH,
+                settings.max_result_bytes * settings.pull_batch_max,
+                "result_too_large",
+                "batches of worker results",
             ),
             RouteLimit(
                 DENSITY_PATH,

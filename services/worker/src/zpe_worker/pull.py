@@ -2,13 +2,16 @@
 
 ``enroll`` trades a single-use enroll token for a worker token, kept in a file
 only this user can read (0600). ``PullWorker.run`` then loops: renew the
-token when two thirds of its life are gone, long-poll for a lease, run the
-task with the local engine (``zpe_core.jobs.compute.compute_task``) while a
-heartbeat thread extends the lease, and post the result or the failure under
-the lease's epoch with a fresh event id (a retried post is answered the same).
+token when two thirds of its life are gone, wait until a slot is free (woken
+when one is), long-poll for as many leases as it has free slots (one request),
+run each task with the local engine (``zpe_core.jobs.compute.compute_task``)
+while one heartbeat thread extends every running lease (one request per beat),
+and post results and failures, each under its lease's epoch with its own event
+id (a retried post is answered the same). Outcomes that finish while a post is
+in flight go together in the next one.
 
-* A heartbeat answered 409 means the lease moved on: the task is abandoned
-  and its result never posted.
+* A heartbeat item answered 409 means that lease moved on: the task is
+  abandoned and its result never posted (the other tasks carry on).
 * Network errors and 5xx answers back off exponentially with jitter.
 * SIGTERM/SIGINT: stop leasing, let running tasks finish for up to
   ``grace_seconds``, release what is still running, exit. A second signal
@@ -30,22 +33,27 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import httpx
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from zpe_client.compute import (
+    BatchAnswer,
     Capabilities,
-    FailureReport,
+    FailureBody,
+    HeartbeatBatch,
+    HeldLease,
+    ItemAnswer,
+    LeaseBatchRequest,
     LeaseGranted,
     LeaseRef,
-    LeaseRequest,
+    OutcomeBatch,
+    OutcomeItem,
     ResultBody,
-    ResultSubmission,
     ServerEnrolled,
     ServerRegistration,
     TokenRenewed,
@@ -80,17 +88,9 @@ def _error_of(response: httpx.Response) -> ApiError:
     return cls.from_response(response)
 
 
-def _in_progress(response: httpx.Response | None) -> bool:
-    """A 409 ``event_in_progress``: the API still holds our earlier try of this event (cut
-    by an outage; it expires), so the post is retried rather than taken as a lost lease."""
-    return problem_code(response) == "event_in_progress"
-
-
-def _result_refused(epoch: int, lease_id: str) -> FailureReport:
+def _result_refused() -> FailureBody:
     """A computed result the API does not take (not finite, malformed): a permanent failure."""
-    return FailureReport(
-        epoch=epoch,
-        lease_id=lease_id,
+    return FailureBody(
         retryable=False,
         code="result_refused",
         reason="the API refused the computed result as invalid",
@@ -276,6 +276,44 @@ class _Running:
     lease_id: str
     thread: threading.Thread
     released: bool = False
+    #: Set by the heartbeat thread when the API says the lease moved on.
+    lost: threading.Event = field(default_factory=threading.Event)
+    #: Set when the engine is done with it: no more heartbeats.
+    computed: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Outcome:
+    """A result or failure waiting to be posted, with its lease and event id."""
+
+    item: OutcomeItem
+    extra: dict[str, Any]
+    started: float
+    deadline: float
+
+    @property
+    def task_id(self) -> str:
+        return self.item.task_id
+
+    @property
+    def kind(self) -> str:
+        return "result" if self.item.result is not None else "failed"
+
+
+def _outcome_item(
+    task_id: str, epoch: int, lease_id: str, body: ResultBody | FailureBody
+) -> OutcomeItem:
+    """One task's outcome under its lease, with a fresh event id (kept across retries)."""
+    kind = "result" if isinstance(body, ResultBody) else "failure"
+    return OutcomeItem.model_validate(
+        {
+            "task_id": task_id,
+            "epoch": epoch,
+            "lease_id": lease_id,
+            "event_id": uuid.uuid4().hex,
+            kind: body,
+        }
+    )
 
 
 class PullWorker:
@@ -312,8 +350,18 @@ class PullWorker:
         self.exit_code = EXIT_OK
         self._stop = threading.Event()
         self._release_now = threading.Event()
-        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        # Reentrant: the signal handler wakes the main thread through it.
+        self._lock = threading.RLock()
+        self._slot_freed = threading.Condition(self._lock)
         self._running: dict[str, _Running] = {}
+        #: Most tasks per lease, heartbeat or outcome request: the API's
+        #: ``ZPE_PULL_BATCH_MAX`` once a lease answer has said it.
+        self.batch_max = settings.pull_batch_max
+        self._outbox: list[_Outcome] = []
+        self._posting = False
+        self._beat_interval: float | None = None
+        self._beater: threading.Thread | None = None
         self.client = ApiClient(
             self.api, token=self.creds.worker_token, timeout=poll_wait_seconds + 30.0
         )
@@ -325,7 +373,7 @@ class PullWorker:
         return self.creds.server_id
 
     def _post(
-        self, path: str, body: LeaseRef | LeaseRequest | None, event_id: str | None = None
+        self, path: str, body: BaseModel | None, event_id: str | None = None
     ) -> httpx.Response:
         headers = {"X-Event-Id": event_id} if event_id else None
         payload = {} if body is None else body.model_dump(mode="json", exclude_none=True)
@@ -339,7 +387,7 @@ class PullWorker:
         def handle(signum: int, frame: FrameType | None) -> None:
             if self._stop.is_set():
                 self._release_now.set()
-            self._stop.set()
+            self.stop()
             log.info("stopping: finishing or releasing current tasks", extra={"signal": signum})
 
         signal.signal(signal.SIGTERM, handle)
@@ -347,6 +395,8 @@ class PullWorker:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._slot_freed:
+            self._slot_freed.notify_all()
 
     # -------------------------------------------------------------- main loop
 
@@ -369,11 +419,14 @@ class PullWorker:
             while not self._stop.is_set():
                 if self.max_tasks is not None and started >= self.max_tasks:
                     break
-                if not self._wait_for_slot():
+                free = self._wait_for_slot()
+                if not free:
                     break
+                if self.max_tasks is not None:
+                    free = min(free, self.max_tasks - started)
                 try:
                     self._maybe_renew()
-                    grant = self._lease()
+                    grants = self._lease(min(free, self.batch_max))
                 except TokenRejected as exc:
                     log.error("the API refused our token; stopping", extra={"code": exc.code})
                     self.exit_code = EXIT_TOKEN_REJECTED
@@ -388,30 +441,41 @@ class PullWorker:
                     self._stop.wait(delay)
                     continue
                 failures = 0
-                if grant is None:
+                if not grants:
                     if once:
                         break
                     idle += 1
                     self._stop.wait(min(self.idle_max, 0.25 * 2 ** min(idle, 10)))
                     continue
                 idle = 0
-                started += 1
-                self._start(grant)
+                for grant in grants:
+                    started += 1
+                    self._start(grant)
                 if once:
                     break
         finally:
             self._drain()
+            self._closed.set()
             self.client.close()
         log.info("pull worker stopped", extra={"worker_id": self.worker_id, "tasks": started})
         return self.exit_code
 
-    def _wait_for_slot(self) -> bool:
-        while not self._stop.is_set():
-            with self._lock:
-                if len(self._running) < self.concurrency:
-                    return True
-            self._stop.wait(0.1)
-        return False
+    def _wait_for_slot(self) -> int:
+        """The number of free slots, waiting (woken by a freed slot) for one; 0 if stopping."""
+        with self._slot_freed:
+            while not self._stop.is_set():
+                free = self.concurrency - len(self._running)
+                if free > 0:
+                    return free
+                # Woken by ``_free_slot`` or ``stop``; the timeout is only a backstop.
+                self._slot_freed.wait(timeout=5.0)
+        return 0
+
+    def _free_slot(self, task_id: str) -> None:
+        with self._slot_freed:
+            if self._running.pop(task_id, None) is not None:
+                self.finished += 1
+            self._slot_freed.notify_all()
 
     def _maybe_renew(self) -> None:
         if not self.creds.should_renew(now()):
@@ -426,23 +490,34 @@ class PullWorker:
         self.creds.save(self.token_file)
         log.info("worker token renewed", extra={"worker_id": self.worker_id})
 
-    def _lease(self) -> LeaseGranted | None:
-        request = LeaseRequest(wait_seconds=self.poll_wait, capabilities=self.capabilities)
-        response = self._post("/calc/zpe/compute/tasks/lease", request)
+    def _lease(self, want: int) -> list[LeaseGranted]:
+        """Lease up to ``want`` tasks in one (long-poll) request; ``[]`` if none came."""
+        request = LeaseBatchRequest(
+            wait_seconds=self.poll_wait, capabilities=self.capabilities, max_tasks=want
+        )
+        response = self._post("/calc/zpe/compute/tasks/leases", request)
         if response.status_code == 204:
-            return None
+            return []
         if response.status_code != 200:
-            raise _error_of(response)
-        body = response.json()
-        try:
-            grant = LeaseGranted.model_validate(body)
-        except ValidationError as exc:
-            self._refuse(body, exc)
-            return None
-        if self._stop.is_set():  # asked to stop while we waited: give it straight back
-            self._release(grant.task_id, grant.epoch, grant.lease_id)
-            return None
-        return grant
+            error = _error_of(response)
+            if error.code == "batch_too_large" and want > 1:
+                # The API allows fewer than we asked: one task now; its answer says how many.
+                self.batch_max = 1
+                return self._lease(1)
+            raise error
+        data = response.json()
+        self.batch_max = max(1, int(data.get("batch_max") or self.batch_max))
+        grants: list[LeaseGranted] = []
+        for body in data.get("leases") or []:
+            try:
+                grants.append(LeaseGranted.model_validate(body))
+            except ValidationError as exc:
+                self._refuse(body, exc)
+        if self._stop.is_set():  # asked to stop while we waited: give them straight back
+            for grant in grants:
+                self._release(grant.task_id, grant.epoch, grant.lease_id)
+            return []
+        return grants
 
     def _refuse(self, body: Any, exc: ValidationError) -> None:
         """A grant this worker cannot read (a spec of a newer API, say) is still reported,
@@ -454,24 +529,31 @@ class PullWorker:
             log.error("unreadable lease grant; its lease will expire", extra={"error": str(exc)})
             return
         log.error("unreadable lease grant", extra={"task_id": task_id, "error": str(exc)})
-        failure = FailureReport(
-            epoch=lease.epoch,
-            lease_id=lease.lease_id,
+        failure = FailureBody(
             retryable=True,
             code="worker_error",
             reason=f"the worker cannot read the grant: {exc}"[:2000],
         )
-        self._report(task_id, "failed", failure)
+        item = _outcome_item(task_id, lease.epoch, lease.lease_id, failure)
+        deadline = time.monotonic() + max(120.0, 2 * self.settings.lease_seconds)
+        self._report(_Outcome(item, {"task_id": task_id}, time.monotonic(), deadline))
 
     def _start(self, grant: LeaseGranted) -> None:
         thread = threading.Thread(
             target=self._run_task, args=(grant,), name=f"zpe-task-{grant.task_id[:8]}"
         )
         thread.daemon = True
+        interval = min(grant.heartbeat_seconds, grant.lease_seconds / 3)
         with self._lock:
             self._running[grant.task_id] = _Running(
                 grant.task_id, grant.epoch, grant.lease_id, thread
             )
+            self._beat_interval = min(interval, self._beat_interval or interval)
+            if self._beater is None or not self._beater.is_alive():
+                self._beater = threading.Thread(
+                    target=self._heartbeat_loop, name="zpe-heartbeats", daemon=True
+                )
+                self._beater.start()
         thread.start()
 
     def _drain(self) -> None:
@@ -519,18 +601,11 @@ class PullWorker:
             "epoch": epoch,
             "job_id": grant.job_ids[0] if grant.job_ids else None,
         }
-        lost = threading.Event()
-        done = threading.Event()
-        interval = min(grant.heartbeat_seconds, grant.lease_seconds / 3)
-        beat = threading.Thread(
-            target=self._heartbeat_loop,
-            args=(task_id, epoch, lease_id, interval, lost, done),
-            daemon=True,
-        )
-        beat.start()
+        with self._lock:
+            running = self._running[task_id]
         log.info("task started", extra=extra)
         started = time.monotonic()
-        outcome: tuple[str, ResultSubmission | FailureReport]
+        outcome: ResultBody | FailureBody
         try:
             densities = (
                 ApiDensities(self.client, grant, self.settings.warm_start_share_max_bytes)
@@ -539,123 +614,199 @@ class PullWorker:
             )
             result = compute_task(grant.spec, self.settings, task_id=task_id, densities=densities)
             try:
-                body = ResultBody.model_validate(result.model_dump(exclude={"worker_id"}))
-                outcome = ("result", ResultSubmission(epoch=epoch, lease_id=lease_id, result=body))
+                outcome = ResultBody.model_validate(result.model_dump(exclude={"worker_id"}))
             except ValidationError as exc:  # what the API would refuse (e.g. a NaN force)
                 log.error("computed result is invalid", extra={**extra, "error": str(exc)})
-                outcome = ("failed", _result_refused(epoch, lease_id))
+                outcome = _result_refused()
         except EngineError as exc:
-            failure = FailureReport(
-                epoch=epoch,
-                lease_id=lease_id,
+            outcome = FailureBody(
                 retryable=exc.retryable,
                 code=exc.code,
                 reason=exc.message[:2000] or exc.code,
                 detail=(exc.detail or "")[-8000:] or None,
             )
-            outcome = ("failed", failure)
         except Exception as exc:
             # Anything else (an engine that cannot start, a result that is not finite)
             # must still be reported, and the slot freed below: a silent thread death
             # would hang this task on every worker that leases it after the lease expires.
             log.exception("task crashed", extra=extra)
-            failure = FailureReport(
-                epoch=epoch,
-                lease_id=lease_id,
+            outcome = FailureBody(
                 retryable=True,
                 code="worker_error",
                 reason=f"{type(exc).__name__} on the worker: {exc}"[:2000],
             )
-            outcome = ("failed", failure)
         finally:
-            done.set()
-            beat.join(timeout=5)
+            running.computed.set()
         try:
             with self._lock:
-                released = self._running.get(task_id, _Running("", 0, "", beat)).released
-            if lost.is_set() or released:
+                released = running.released
+            if running.lost.is_set() or released:
                 log.warning("task abandoned: the lease moved on", extra=extra)
+                self._free_slot(task_id)
                 return
-            kind, report = outcome
-            answer = self._report(task_id, kind, report)
-            if answer == "invalid" and kind == "result":
-                self._report(task_id, "failed", _result_refused(epoch, lease_id))
-            log.info(
-                "task finished",
-                extra={
-                    **extra,
-                    "outcome": kind,
-                    "answer": answer,
-                    "seconds": round(time.monotonic() - started, 3),
-                },
-            )
-        finally:
-            with self._lock:
-                self._running.pop(task_id, None)
-                self.finished += 1
+            deadline = time.monotonic() + max(120.0, 2 * self.settings.lease_seconds)
+            item = _outcome_item(task_id, epoch, lease_id, outcome)
+            self._report(_Outcome(item, extra, started, deadline))
+        except BaseException:
+            self._free_slot(task_id)
+            raise
 
-    def _heartbeat_loop(
-        self,
-        task_id: str,
-        epoch: int,
-        lease_id: str,
-        interval: float,
-        lost: threading.Event,
-        done: threading.Event,
-    ) -> None:
+    def _heartbeat_loop(self) -> None:
+        """Extend every lease whose task is still computing, one request per beat; an item
+        answered 404/409 marks that task lost (abandoned, its result never posted)."""
         failures = 0
-        wait = interval
-        while not done.wait(wait):
-            try:
-                response = self._post(
-                    f"/calc/zpe/compute/tasks/{task_id}/heartbeat",
-                    LeaseRef(epoch=epoch, lease_id=lease_id),
-                )
-            except httpx.HTTPError as exc:
-                failures += 1
-                wait = min(interval, self._backoff(failures))
-                log.warning("heartbeat failed", extra={"task_id": task_id, "error": str(exc)})
-                continue
-            if response.status_code in (404, 409):
-                log.warning(
-                    "heartbeat refused: lease lost; abandoning",
-                    extra={"task_id": task_id, "worker_id": self.worker_id},
-                )
-                lost.set()
-                return
-            failures = 0
+        wait = self._beat_interval or 1.0
+        while not self._closed.wait(wait):
+            interval = self._beat_interval or 1.0
             wait = interval
+            with self._lock:
+                beating = [r for r in self._running.values() if not r.computed.is_set()]
+            for chunk in _chunks(beating, self.batch_max):
+                leases = [
+                    HeldLease(task_id=r.task_id, epoch=r.epoch, lease_id=r.lease_id) for r in chunk
+                ]
+                try:
+                    response = self._post(
+                        "/calc/zpe/compute/tasks/heartbeats", HeartbeatBatch(leases=leases)
+                    )
+                except httpx.HTTPError as exc:
+                    failures += 1
+                    wait = min(interval, self._backoff(failures))
+                    log.warning("heartbeat failed", extra={"error": str(exc)})
+                    continue
+                if response.status_code != 200:
+                    failures += 1
+                    wait = min(interval, self._backoff(failures))
+                    log.warning("heartbeat failed", extra={"error": str(_error_of(response))})
+                    continue
+                failures = 0
+                for running, item in zip(chunk, _items(response, len(chunk)), strict=True):
+                    if item.status in (404, 409):
+                        log.warning(
+                            "heartbeat refused: lease lost; abandoning",
+                            extra={"task_id": running.task_id, "worker_id": self.worker_id},
+                        )
+                        running.lost.set()
 
-    def _report(self, task_id: str, kind: str, body: ResultSubmission | FailureReport) -> str:
-        """Post a result or failure, retrying transient errors with the same event id.
+    # -------------------------------------------------------------- outcomes
 
-        Returns ``ok``, ``conflict`` (409: lease lost), ``invalid`` (413/422) or ``gone``.
+    def _report(self, outcome: _Outcome) -> None:
+        """Queue ``outcome``; post the queue unless a post is in flight, whose poster then
+        takes it in its next request. The poster frees each slot once its outcome is settled.
         """
-        event_id = uuid.uuid4().hex
-        deadline = time.monotonic() + max(120.0, 2 * self.settings.lease_seconds)
+        with self._lock:
+            self._outbox.append(outcome)
+            if self._posting:
+                return
+            self._posting = True
         failures = 0
         while True:
+            with self._lock:
+                if not self._outbox:
+                    self._posting = False
+                    return
+                batch = self._outbox[: self.batch_max]
+                del self._outbox[: len(batch)]
             try:
-                response = self._post(f"/calc/zpe/compute/tasks/{task_id}/{kind}", body, event_id)
-                status = response.status_code
-            except httpx.HTTPError as exc:
-                status, response = 0, None
-                log.warning("report failed", extra={"task_id": task_id, "error": str(exc)})
-            if status == 200:
-                return "ok"
-            if status == 409 and not _in_progress(response):
-                log.warning("report refused: lease lost", extra={"task_id": task_id})
-                return "conflict"
-            if status in (413, 422):
-                assert response is not None
-                log.error(
-                    "report refused as invalid",
-                    extra={"task_id": task_id, "error": str(_error_of(response))},
-                )
-                return "invalid"
-            if status in (401, 403, 404):
-                return "gone"
+                retry = self._post_outcomes(batch)
+            except Exception:  # a bug must not hang every slot: settle the batch as lost
+                log.exception("posting outcomes crashed")
+                for item in batch:
+                    self._settle(item, "gone")
+                continue
+            if not retry:
+                failures = 0
+                continue
             failures += 1
-            if time.monotonic() > deadline or self._release_now.is_set():
-                return "gone"
+            for item in retry:
+                if time.monotonic() > item.deadline or self._release_now.is_set():
+                    self._settle(item, "gone")
+                else:
+                    with self._lock:
+                        self._outbox.append(item)
             time.sleep(self._backoff(failures))
+
+    def _post_outcomes(self, batch: list[_Outcome]) -> list[_Outcome]:
+        """Post ``batch`` in one request and settle what was answered; returns the outcomes
+        to post again (network errors, 5xx, an event the API is still processing)."""
+        try:
+            response = self._post(
+                "/calc/zpe/compute/tasks/outcomes", OutcomeBatch(outcomes=[o.item for o in batch])
+            )
+        except httpx.HTTPError as exc:
+            log.warning("report failed", extra={"tasks": len(batch), "error": str(exc)})
+            return batch
+        status = response.status_code
+        if status == 200:
+            retry = []
+            for outcome, item in zip(batch, _items(response, len(batch)), strict=True):
+                answer = _answer(item.status, item.code)
+                if answer == "retry":
+                    retry.append(outcome)
+                else:
+                    self._settle(outcome, answer)
+            return retry
+        if status in (413, 422) and len(batch) > 1:
+            # One item spoils the request: post them one by one to find which.
+            return [o for o in batch if self._post_outcomes([o])]
+        answer = _answer(status, problem_code(response))
+        if answer == "retry":
+            return batch
+        if answer == "invalid":
+            log.error("report refused as invalid", extra={"error": str(_error_of(response))})
+        for outcome in batch:
+            self._settle(outcome, answer)
+        return []
+
+    def _settle(self, outcome: _Outcome, answer: str) -> None:
+        """The API's last word on ``outcome``: ``ok``, ``conflict`` (the lease was lost),
+        ``invalid`` (a refused result is reported as a permanent failure) or ``gone``."""
+        if answer == "conflict":
+            log.warning("report refused: lease lost", extra={"task_id": outcome.task_id})
+        if answer == "invalid" and outcome.kind == "result":
+            log.error("result refused as invalid", extra={"task_id": outcome.task_id})
+            item = _outcome_item(
+                outcome.task_id, outcome.item.epoch, outcome.item.lease_id, _result_refused()
+            )
+            with self._lock:
+                self._outbox.append(
+                    _Outcome(item, outcome.extra, outcome.started, outcome.deadline)
+                )
+            return
+        log.info(
+            "task finished",
+            extra={
+                **outcome.extra,
+                "outcome": outcome.kind,
+                "answer": answer,
+                "seconds": round(time.monotonic() - outcome.started, 3),
+            },
+        )
+        self._free_slot(outcome.task_id)
+
+
+def _chunks(items: list[_Running], size: int) -> list[list[_Running]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _items(response: httpx.Response, count: int) -> list[ItemAnswer]:
+    """The per-item answers of a batch request, one per item sent."""
+    items = BatchAnswer.model_validate(response.json()).items
+    if len(items) != count:
+        raise ValueError(f"{len(items)} answers to {count} items")
+    return items
+
+
+def _answer(status: int, code: str | None) -> str:
+    """What a post's (or one item's) status means for its outcome."""
+    if status == 200:
+        return "ok"
+    if status == 409:
+        # ``event_in_progress``: the API still holds our earlier try of this event (cut by
+        # an outage; it expires), so it is posted again rather than taken as a lost lease.
+        return "retry" if code == "event_in_progress" else "conflict"
+    if status in (413, 422):
+        return "invalid"
+    if status in (401, 403, 404):
+        return "gone"
+    return "retry"

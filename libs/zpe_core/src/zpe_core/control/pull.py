@@ -5,7 +5,8 @@ through ``PullCoordinator``, which alone touches the store:
 
 * ``lease``: the earliest due queued task whose targets and engine (name and
   version) the server matches, under a fresh epoch; nothing while
-  ``dequeue_enabled`` is off;
+  ``dequeue_enabled`` is off; ``lease_many`` up to ``limit`` of them at once
+  (each under its own lease and epoch), at most ``ZPE_PULL_BATCH_MAX``;
 * ``heartbeat`` / ``submit_result`` / ``report_failure`` / ``release``: only
   by the server holding the lease at that epoch and lease id, else
   ``StaleLease`` (409) and nothing changes;
@@ -40,6 +41,7 @@ from zpe_core.errors import (
     NotFound,
     StaleLease,
     StateConflict,
+    StoreUnavailable,
     ZpeError,
 )
 from zpe_core.jobs.models import (
@@ -157,6 +159,34 @@ class PullCoordinator:
             )
             return task
         return None
+
+    def check_batch(self, count: int, what: str) -> None:
+        """Refuse a request naming more tasks than ``ZPE_PULL_BATCH_MAX`` (422)."""
+        cap = self.settings.pull_batch_max
+        if count > cap:
+            raise InputError(
+                f"{count} {what} in one request; at most {cap} are allowed (ZPE_PULL_BATCH_MAX)",
+                code="batch_too_large",
+            )
+
+    def lease_many(self, server: ComputeServer, limit: int) -> list[Task]:
+        """Up to ``limit`` due tasks the server matches, each leased under its own epoch."""
+        self.check_batch(limit, "tasks asked for")
+        leased: list[Task] = []
+        while len(leased) < limit:
+            try:
+                task = self.lease(server)
+            except StoreUnavailable:
+                if not leased:
+                    raise
+                # Hand out what is leased already: failing the request would strand
+                # those leases until they expire, each costing an attempt.
+                log.warning("store unavailable while leasing a batch", exc_info=True)
+                break
+            if task is None:
+                break
+            leased.append(task)
+        return leased
 
     def _held(self, server: ComputeServer, task_id: str, epoch: int, lease_id: str) -> Task:
         """The task if ``server`` holds its lease at ``epoch``/``lease_id``, else ``StaleLease``."""

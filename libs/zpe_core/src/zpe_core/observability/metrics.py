@@ -96,6 +96,17 @@ STORE_ERRORS = _counter(
     "StoreUnavailable raised by the job store, by primitive operation.",
     ("operation",),
 )
+PULL_LEASE_REQUESTS = _counter(
+    "zpe_pull_lease_requests_total",
+    "Pull workers' lease requests answered with at least one task, by route "
+    "(lease: one task per request; leases: batched).",
+    ("route",),
+)
+PULL_TASKS_LEASED = _counter(
+    "zpe_pull_tasks_leased_total",
+    "Tasks leased to pull workers, by route (lease or leases).",
+    ("route",),
+)
 
 
 # ---------------------------------------------------------------------- event hooks
@@ -111,6 +122,12 @@ def observe_task_committed(task: Task) -> None:
     TASK_DURATION.labels(engine=task.spec.engine).observe(
         max(0.0, attempt.ended_at - attempt.started_at)
     )
+
+
+def count_pull_leases(route: str, tasks: int) -> None:
+    """One lease request of ``route`` that granted ``tasks`` (> 0) tasks."""
+    PULL_LEASE_REQUESTS.labels(route=route).inc()
+    PULL_TASKS_LEASED.labels(route=route).inc(tasks)
 
 
 def count_store_error(operation: str) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
@@ -24,13 +26,19 @@ from zpe_api.deps import (
     WorkerDep,
 )
 from zpe_client.compute import (
+    BatchAnswer,
     EnrollTokenIssued,
     EnrollTokenRequest,
     FailureReport,
     HeartbeatAnswer,
+    HeartbeatBatch,
+    ItemAnswer,
+    LeaseBatch,
+    LeaseBatchRequest,
     LeaseGranted,
     LeaseRef,
     LeaseRequest,
+    OutcomeBatch,
     ResultSubmission,
     ServerEnrolled,
     ServerList,
@@ -38,14 +46,28 @@ from zpe_client.compute import (
     ServerView,
     TokenRenewed,
 )
-from zpe_core.control.compute_servers import ComputeServer
-from zpe_core.errors import Forbidden, InputError, InputTooLarge, NotFound, Unauthorized
+from zpe_core.control.compute_servers import ComputeRegistry, ComputeServer
+from zpe_core.control.pull import PullCoordinator
+from zpe_core.edge.problems import status_for
+from zpe_core.errors import (
+    Forbidden,
+    InputError,
+    InputTooLarge,
+    NotFound,
+    StateConflict,
+    Unauthorized,
+)
+from zpe_core.jobs.models import Task
+from zpe_core.observability.metrics import count_pull_leases
+from zpe_core.settings import ApiSettings
 
 router = APIRouter(prefix="/calc/zpe/compute", tags=["compute servers"])
 #: The result route, whose body cap is ``ZPE_MAX_RESULT_BYTES`` (checked by ``BodyLimit``
 #: on the stream, before the result is parsed).
 RESULT_PATH = re.compile(r"/calc/zpe/compute/tasks/[^/]+/result")
 DENSITY_PATH = re.compile(r"/calc/zpe/compute/tasks/[^/]+/reference-density")
+#: The batched outcomes route, whose body cap is ``ZPE_MAX_RESULT_BYTES`` per allowed item.
+OUTCOMES_PATH = re.compile(r"/calc/zpe/compute/tasks/outcomes")
 
 
 def server_view(server: ComputeServer, running: dict[str, int]) -> ServerView:
@@ -143,6 +165,46 @@ def renew_token(server_id: str, server: WorkerDep, registry: RegistryDep) -> Tok
 # ---------------------------------------------------------------------- leases
 
 
+def _granted(task: Task, settings: ApiSettings) -> LeaseGranted:
+    assert task.lease is not None
+    return LeaseGranted(
+        task_id=task.task_id,
+        lease_id=task.lease.lease_id,
+        epoch=task.lease.epoch,
+        expires_at=task.lease.expires_at,
+        lease_seconds=settings.lease_seconds,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        spec=task.spec,
+        job_ids=task.subscribers,
+    )
+
+
+async def _long_poll(
+    body: LeaseRequest,
+    request: Request,
+    server: ComputeServer,
+    registry: ComputeRegistry,
+    coordinator: PullCoordinator,
+    settings: ApiSettings,
+    limit: int,
+) -> list[Task]:
+    """Lease up to ``limit`` tasks, waiting up to ``ZPE_LEASE_POLL_MAX_SECONDS`` for one."""
+    if body.capabilities is not None:
+        server = server.model_copy(update={"capabilities": body.capabilities})
+    await run_in_threadpool(registry.touch, server.server_id, body.capabilities)
+    deadline = time.monotonic() + min(body.wait_seconds, settings.lease_poll_max_seconds)
+    while True:
+        if await request.is_disconnected():
+            return []
+        tasks = await run_in_threadpool(coordinator.lease_many, server, limit)
+        if tasks:
+            return tasks
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return []
+        await asyncio.sleep(min(POLL_INTERVAL_SECONDS, remaining))
+
+
 @router.post(
     "/tasks/lease",
     response_model=LeaseGranted,
@@ -157,31 +219,39 @@ async def lease_task(
     settings: SettingsDep,
 ) -> Response:
     """Long-poll (up to ``ZPE_LEASE_POLL_MAX_SECONDS``) for one task this server matches."""
-    if body.capabilities is not None:
-        server = server.model_copy(update={"capabilities": body.capabilities})
-    await run_in_threadpool(registry.touch, server.server_id, body.capabilities)
-    deadline = time.monotonic() + min(body.wait_seconds, settings.lease_poll_max_seconds)
-    while True:
-        if await request.is_disconnected():
-            return Response(status_code=204)
-        task = await run_in_threadpool(coordinator.lease, server)
-        if task is not None:
-            assert task.lease is not None
-            granted = LeaseGranted(
-                task_id=task.task_id,
-                lease_id=task.lease.lease_id,
-                epoch=task.lease.epoch,
-                expires_at=task.lease.expires_at,
-                lease_seconds=settings.lease_seconds,
-                heartbeat_seconds=settings.heartbeat_seconds,
-                spec=task.spec,
-                job_ids=task.subscribers,
-            )
-            return Response(granted.model_dump_json(), media_type="application/json")
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return Response(status_code=204)
-        await asyncio.sleep(min(POLL_INTERVAL_SECONDS, remaining))
+    tasks = await _long_poll(body, request, server, registry, coordinator, settings, 1)
+    if not tasks:
+        return Response(status_code=204)
+    count_pull_leases("lease", 1)
+    granted = _granted(tasks[0], settings)
+    return Response(granted.model_dump_json(), media_type="application/json")
+
+
+@router.post(
+    "/tasks/leases",
+    response_model=LeaseBatch,
+    responses={204: {"description": "No task for this server now (or dequeue is switched off)"}},
+)
+async def lease_tasks(
+    body: LeaseBatchRequest,
+    request: Request,
+    server: WorkerDep,
+    registry: RegistryDep,
+    coordinator: CoordinatorDep,
+    settings: SettingsDep,
+) -> Response:
+    """Long-poll for tasks this server matches and lease up to ``max_tasks`` of them at
+    once (its free slots), each under its own lease; 422 ``batch_too_large`` beyond
+    ``ZPE_PULL_BATCH_MAX``."""
+    coordinator.check_batch(body.max_tasks, "tasks asked for")
+    tasks = await _long_poll(body, request, server, registry, coordinator, settings, body.max_tasks)
+    if not tasks:
+        return Response(status_code=204)
+    count_pull_leases("leases", len(tasks))
+    batch = LeaseBatch(
+        leases=[_granted(task, settings) for task in tasks], batch_max=settings.pull_batch_max
+    )
+    return Response(batch.model_dump_json(), media_type="application/json")
 
 
 @router.post("/tasks/{task_id}/heartbeat", response_model=HeartbeatAnswer)
@@ -193,6 +263,37 @@ def heartbeat(
     assert task.lease is not None
     return HeartbeatAnswer(
         task_id=task_id, epoch=task.lease.epoch, expires_at=task.lease.expires_at
+    )
+
+
+def _each(task_id: str, act: Callable[[], dict[str, object]]) -> ItemAnswer:
+    """One item of a batch, answered as its single-task route would be. Only what refuses
+    this item (stale lease, invalid result, unknown task) stays in the item; a store
+    outage fails the whole request (503), and a retry replays the answered items."""
+    try:
+        return ItemAnswer(task_id=task_id, status=200, answer=act())
+    except (InputError, NotFound, StateConflict) as exc:
+        return ItemAnswer(
+            task_id=task_id, status=status_for(exc), code=exc.code, detail=exc.message
+        )
+
+
+@router.post("/tasks/heartbeats", response_model=BatchAnswer)
+def heartbeats(body: HeartbeatBatch, server: WorkerDep, coordinator: CoordinatorDep) -> BatchAnswer:
+    """Extend several leases, each checked on its own (an item is 409 if this server no
+    longer holds it at that epoch); 422 ``batch_too_large`` beyond ``ZPE_PULL_BATCH_MAX``."""
+    coordinator.check_batch(len(body.leases), "leases")
+
+    def beat(task_id: str, epoch: int, lease_id: str) -> dict[str, object]:
+        task = coordinator.heartbeat(server, task_id, epoch, lease_id)
+        assert task.lease is not None
+        return {"epoch": task.lease.epoch, "expires_at": task.lease.expires_at}
+
+    return BatchAnswer(
+        items=[
+            _each(ref.task_id, partial(beat, ref.task_id, ref.epoch, ref.lease_id))
+            for ref in body.leases
+        ]
     )
 
 
@@ -319,3 +420,43 @@ def report_failure(
         detail=body.detail,
         event_id=_event_id(body.event_id, x_event_id),
     )
+
+
+@router.post("/tasks/outcomes", response_model=BatchAnswer)
+def report_outcomes(
+    body: OutcomeBatch, server: WorkerDep, coordinator: CoordinatorDep
+) -> BatchAnswer:
+    """Results and failures of several tasks in one request, in order. Each item carries
+    its own lease and event id and is answered as ``/result`` or ``/failed`` would answer
+    it (a repeat replays the recorded answer); 422 ``batch_too_large`` beyond
+    ``ZPE_PULL_BATCH_MAX``; the body cap is ``ZPE_MAX_RESULT_BYTES`` per allowed item."""
+    coordinator.check_batch(len(body.outcomes), "outcomes")
+    items: list[ItemAnswer] = []
+    for item in body.outcomes:
+        result, failure = item.result, item.failure
+        if result is not None:
+            act = partial(
+                coordinator.submit_result,
+                server,
+                item.task_id,
+                epoch=item.epoch,
+                lease_id=item.lease_id,
+                result=result.to_result(),
+                event_id=item.event_id,
+            )
+        else:
+            assert failure is not None
+            act = partial(
+                coordinator.report_failure,
+                server,
+                item.task_id,
+                epoch=item.epoch,
+                lease_id=item.lease_id,
+                retryable=failure.retryable,
+                code=failure.code,
+                reason=failure.reason,
+                detail=failure.detail,
+                event_id=item.event_id,
+            )
+        items.append(_each(item.task_id, act))
+    return BatchAnswer(items=items)
