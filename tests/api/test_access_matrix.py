@@ -105,6 +105,10 @@ EXPECTED: dict[tuple[str, str], Row] = {
     ("POST", "/calc/zpe/compute/tasks/{task_id}/release"): WORKER_ONLY,
     ("POST", "/calc/zpe/compute/tasks/{task_id}/result"): WORKER_ONLY,
     ("POST", "/calc/zpe/compute/tasks/{task_id}/failed"): WORKER_ONLY,
+    # The batched protocol (issue 17): several leases and outcomes per request.
+    ("POST", "/calc/zpe/compute/tasks/leases"): WORKER_ONLY,
+    ("POST", "/calc/zpe/compute/tasks/heartbeats"): WORKER_ONLY,
+    ("POST", "/calc/zpe/compute/tasks/outcomes"): WORKER_ONLY,
     # Warm-start densities, under the lease: the holder ships its reference's (200) and
     # finds none shipped for the reference itself (404).
     ("PUT", "/calc/zpe/compute/tasks/{task_id}/reference-density"): WORKER_ONLY,
@@ -297,7 +301,7 @@ def world() -> Iterator[World]:
         # Leases the worker holds, one per worker endpoint; more tasks stay queued.
         submit(client, key_a, "h2o_zpe.in")
         grants: dict[str, dict[str, Any]] = {}
-        for name in ("heartbeat", "release", "result", "failed"):
+        for name in ("heartbeat", "release", "result", "failed", "heartbeats", "outcomes"):
             leased = lease(client, worker_token)
             assert leased is not None
             grants[name] = leased
@@ -417,6 +421,26 @@ REQUESTS: dict[tuple[str, str], Callable[[World], Request]] = {
     ("POST", "/calc/zpe/compute/tasks/{task_id}/failed"): lambda w: (
         f"/calc/zpe/compute/tasks/{w.grants['failed']['task_id']}/failed",
         failure_body(w.grants["failed"], retryable=True),
+    ),
+    ("POST", "/calc/zpe/compute/tasks/leases"): lambda w: (
+        "/calc/zpe/compute/tasks/leases",
+        {"wait_seconds": 0, "max_tasks": 2},
+    ),
+    ("POST", "/calc/zpe/compute/tasks/heartbeats"): lambda w: (
+        "/calc/zpe/compute/tasks/heartbeats",
+        {
+            "leases": [
+                {"task_id": w.grants["heartbeats"]["task_id"], **lease_ref(w.grants["heartbeats"])}
+            ]
+        },
+    ),
+    ("POST", "/calc/zpe/compute/tasks/outcomes"): lambda w: (
+        "/calc/zpe/compute/tasks/outcomes",
+        {
+            "outcomes": [
+                {"task_id": w.grants["outcomes"]["task_id"], **result_body(w.grants["outcomes"])}
+            ]
+        },
     ),
     ("PUT", "/calc/zpe/compute/tasks/{task_id}/reference-density"): lambda w: (
         f"/calc/zpe/compute/tasks/{w.grants['heartbeat']['task_id']}/reference-density",
