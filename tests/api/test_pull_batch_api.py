@@ -128,7 +128,7 @@ def test_a_batch_larger_than_allowed_is_refused_with_the_limit() -> None:
 
 
 def test_a_stale_epoch_in_a_batch_refuses_that_item_only() -> None:
-    settings = pull_settings(lease_seconds=0.6, reaper_interval_seconds=0.1)
+    settings = pull_settings(lease_seconds=3.0, reaper_interval_seconds=0.1)
     with TestClient(create_app(settings)) as client:
         submit(client, symmetry="off")  # 13 tasks: the second server has others to take
         first, second = Server(client, name="first"), Server(client, name="second")
