@@ -679,8 +679,13 @@ class PullWorker:
                     wait = min(interval, self._backoff(failures))
                     log.warning("heartbeat failed", extra={"error": str(_error_of(response))})
                     continue
+                try:
+                    items = _items(response, len(chunk))
+                except ValueError as exc:  # an answer we cannot read: beat again next time
+                    log.warning("heartbeat answer unreadable", extra={"error": str(exc)})
+                    continue
                 failures = 0
-                for running, item in zip(chunk, _items(response, len(chunk)), strict=True):
+                for running, item in zip(chunk, items, strict=True):
                     if item.status in (404, 409):
                         log.warning(
                             "heartbeat refused: lease lost; abandoning",
