@@ -22,6 +22,8 @@ leased, read from the API's ``GET /metrics``, and the 1-minute load average at t
 end of the variant (the machine is shared). Ratios are against ``k=1``.
 
     uv run python bench/pull_batch.py [--jobs 30 --workers 2 --variants before k=1 k=4 k=8]
+
+A variant named twice runs twice (in that order), to see the machine's drift.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def counters(url: str) -> dict[str, float]:
     """``zpe_pull_*`` counters of the API process, by ``name{route}``."""
     found: dict[str, float] = {}
     for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
-        if line.startswith("zpe_pull_") and not line.startswith("#"):
+        # Counters only: prometheus_client adds a ``_created`` timestamp per label set.
+        if line.startswith("zpe_pull_") and "_total{" in line:
             key, _, value = line.rpartition(" ")
             found[key] = float(value)
     return found
@@ -167,13 +170,14 @@ def main() -> None:
     results: dict[str, dict[str, float] | str] = {}
     with tempfile.TemporaryDirectory() as tmp, RedisServer() as redis:
         base = f"redis://127.0.0.1:{redis.port}/0"
-        for name in args.variants:
-            d = Path(tmp) / name.replace("=", "")
+        for index, variant in enumerate(args.variants):
+            d = Path(tmp) / f"{index}-{variant.replace('=', '')}"
             d.mkdir()
-            if name == "before":
+            name = variant if variant not in results else f"{variant} (again)"
+            if variant == "before":
                 concurrency, extra = 1, extract_worker(args.before, Path(tmp) / "before-src")
             else:
-                concurrency, extra = int(name.removeprefix("k=")), {}
+                concurrency, extra = int(variant.removeprefix("k=")), {}
             store_url = f"{base}?namespace=pull-{uuid.uuid4().hex[:8]}"
             try:
                 row = run_variant(store_url, n, w, concurrency, extra, d)

@@ -744,12 +744,16 @@ class PullWorker:
         status = response.status_code
         if status == 200:
             retry = []
-            for outcome, item in zip(batch, _items(response, len(batch)), strict=True):
-                answer = _answer(item.status, item.code)
-                if answer == "retry":
-                    retry.append(outcome)
-                else:
-                    self._settle(outcome, answer)
+            items = _items(response, len(batch))
+            # Free the batch's slots together (the lock is reentrant): the main loop wakes
+            # once and leases them all in one request rather than one by one.
+            with self._slot_freed:
+                for outcome, item in zip(batch, items, strict=True):
+                    answer = _answer(item.status, item.code)
+                    if answer == "retry":
+                        retry.append(outcome)
+                    else:
+                        self._settle(outcome, answer)
             return retry
         if status in (413, 422) and len(batch) > 1:
             # One item spoils the request: post them one by one to find which.
