@@ -180,5 +180,6 @@ def test_a_result_that_is_not_finite_is_a_permanent_failure(
     worker, posts = pull_worker(tmp_path, settings)
     worker._start(LeaseGranted.model_validate(grant(mock_spec(settings).model_dump(mode="json"))))
     worker._drain()
-    assert [p["path"] for p in posts] == [f"/calc/zpe/compute/tasks/{'a' * 64}/failed"]
-    assert posts[0]["retryable"] is False and posts[0]["code"] == "result_refused"
+    assert [(p["task_id"], "result" in p) for p in posts] == [("a" * 64, False)]
+    failure = posts[0]["failure"]
+    assert failure["retryable"] is False and failure["code"] == "result_refused"  # type: ignore[index]
