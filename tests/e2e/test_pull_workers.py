@@ -190,6 +190,9 @@ def test_two_pull_workers_complete_a_job_then_stop_on_sigterm(
 ) -> None:
     workers = [Worker(file_api, tmp_path, f"w{i}", delay=0.15) for i in range(2)]
     try:
+        # Both must be up before the job comes: on a loaded machine one worker can
+        # import for longer than the other takes to run all ten tasks.
+        _until(lambda: _polling(file_api) == 2, 180, "the workers never enrolled")
         job_id = file_api.submit("h2o_zpe.in")
         status = file_api.wait(job_id)
         assert status["state"] == "done", status
@@ -207,6 +210,11 @@ def test_two_pull_workers_complete_a_job_then_stop_on_sigterm(
     finally:
         for worker in workers:
             worker.kill()
+
+
+def _polling(api: Api) -> int:
+    """How many workers are up: a worker enrolls once its imports are done, then polls."""
+    return len(api.servers())
 
 
 def _counter(api: Api, name: str, route: str) -> float:
