@@ -68,32 +68,33 @@ print("MODULES " + json.dumps({"code": code, "modules": sorted(sys.modules)}))
 
 
 class WorkerApi(BaseHTTPRequestHandler):
-    """The worker API as far as one leased task goes: lease, heartbeat, result."""
+    """The worker API as far as one leased task goes: leases, heartbeats, outcomes."""
 
     requests: list[str]
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
         self.requests.append(self.path)
-        if self.path.endswith("/tasks/lease"):
-            if sum(p.endswith("/tasks/lease") for p in self.requests) > 1:
+        if self.path.endswith("/tasks/leases"):
+            if sum(p.endswith("/tasks/leases") for p in self.requests) > 1:
                 self._answer(204, None)
                 return
-            self._answer(
-                200,
-                {
-                    "task_id": "t" * 64,
-                    "lease_id": "l1",
-                    "epoch": 1,
-                    "expires_at": time.time() + 60,
-                    "lease_seconds": 60.0,
-                    "heartbeat_seconds": 20.0,
-                    "spec": SPEC.model_dump(mode="json"),
-                    "job_ids": ["j1"],
-                },
-            )
-        elif self.path.endswith(("/heartbeat", "/result", "/failed")):
-            self._answer(200, {"status": "ok"})
+            grant = {
+                "task_id": "t" * 64,
+                "lease_id": "l1",
+                "epoch": 1,
+                "expires_at": time.time() + 60,
+                "lease_seconds": 60.0,
+                "heartbeat_seconds": 20.0,
+                "spec": SPEC.model_dump(mode="json"),
+                "job_ids": ["j1"],
+            }
+            self._answer(200, {"leases": [grant], "batch_max": 16})
+        elif self.path.endswith(("/heartbeats", "/outcomes")):
+            items = body.get("leases") or body.get("outcomes") or []
+            answers = [{"task_id": i["task_id"], "status": 200, "answer": {}} for i in items]
+            self.requests.extend(f"{self.path}:{'result' in i}" for i in items)
+            self._answer(200, {"items": answers})
         else:
             self._answer(404, {"code": "not_found", "detail": self.path})
 
@@ -158,8 +159,8 @@ def test_pull_worker_runs_a_task_without_loading_the_control_plane(
     report = json.loads(lines[-1].removeprefix("MODULES "))
     assert report["code"] == 0, done.stderr
     # It went all the way: leased, computed with the mock engine, posted the result.
-    assert any(p.endswith("/tasks/lease") for p in requests)
-    assert any(p.endswith("/result") for p in requests), requests
+    assert any(p.endswith("/tasks/leases") for p in requests)
+    assert any(p.endswith("/outcomes:True") for p in requests), requests
     modules: list[str] = report["modules"]
     assert "zpe_worker.pull" in modules and "zpe_core.jobs.compute" in modules
     loaded = sorted(m for m in modules for f in FORBIDDEN if m == f or m.startswith(f + "."))
