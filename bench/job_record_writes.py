@@ -1,4 +1,4 @@
-"""Writes per store key of one 385-task mock job, every backend side by side (issue 17).
+"""Writes per store key of one 385-task mock job, every backend side by side.
 
 Usage: ``uv run python bench/job_record_writes.py [--threads 8] [--molecules 32]
 [--backends memory,file,redis,gcs] [--rate-limited-threads 32]``

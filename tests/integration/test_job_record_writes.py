@@ -1,4 +1,4 @@
-"""Issue 17 part 1: a job's record is written O(1) times, whatever the job's size.
+"""A job's record is written O(1) times, whatever the job's size.
 
 A 385-task mock job (64 mobile atoms) run by several worker threads through
 ``run_task`` on each backend (memory, file, a real redis-server, fake-gcs-server)

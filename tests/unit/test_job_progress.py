@@ -1,4 +1,4 @@
-"""Progress on done markers (issue 17): a crash at any point of a task's outcome is
+"""Progress on done markers: a crash at any point of a task's outcome is
 repaired by ``reconcile``, and the job record keeps its O(1) writes."""
 
 from __future__ import annotations
