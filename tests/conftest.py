@@ -11,7 +11,11 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.cloud_tasks"]
+pytest_plugins = [
+    "tests.fixtures.servers",
+    "tests.fixtures.cloud_tasks",
+    "tests.fixtures.gcs_rate_limit",
+]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

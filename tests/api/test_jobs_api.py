@@ -126,6 +126,35 @@ def test_etag_changes_when_the_job_changes(idle_client: TestClient, h2_input: st
     assert "Retry-After" not in after.headers
 
 
+def test_progress_and_etag_move_with_each_task_without_writing_the_job(
+    idle_client: TestClient, h2_input: str
+) -> None:
+    """A task's outcome is a done marker, not a write of the job's record: the status
+    still counts it, and its ETag still changes (the record's revision does not)."""
+    from zpe_core.jobs.runner import run_task
+
+    job_id = submit(idle_client, h2_input, symmetry="off").json()["job_id"]
+    service = idle_client.app.state.service  # type: ignore[attr-defined]
+    url = f"/calc/zpe/jobs/{job_id}"
+    first = idle_client.get(url)
+    assert first.json()["progress"]["done"] == 0
+    tasks = [ref.task_id for ref in service.store.get_job(job_id).value.tasks]
+    run_task(service, tasks[0], "w1")  # the first task also starts the job (one write)
+    second = idle_client.get(url, headers={"If-None-Match": first.headers["ETag"]})
+    assert second.status_code == 200
+    assert second.json()["state"] == "running" and second.json()["progress"]["done"] == 1
+    rev = service.store.get_job(job_id).rev
+    run_task(service, tasks[1], "w1")
+    assert service.store.get_job(job_id).rev == rev  # the job's record was not written
+    third = idle_client.get(url, headers={"If-None-Match": second.headers["ETag"]})
+    assert third.status_code == 200, "the ETag missed a finished task"
+    assert third.json()["progress"]["done"] == 2 and third.headers["Retry-After"] == "2"
+    again = idle_client.get(url, headers={"If-None-Match": third.headers["ETag"]})
+    assert again.status_code == 304
+    listed = idle_client.get("/calc/zpe/jobs").json()["jobs"]
+    assert [j["progress"]["done"] for j in listed if j["job_id"] == job_id] == [2]
+
+
 def test_result_and_files_409_until_done(idle_client: TestClient, h2_input: str) -> None:
     job_id = submit(idle_client, h2_input).json()["job_id"]
     body = assert_problem(idle_client.get(f"/calc/zpe/jobs/{job_id}/result"), 409, "job_not_done")

@@ -686,23 +686,24 @@ def test_result_post_cut_after_commit_is_repaired_by_the_retry(client: TestClien
     grant = server.lease()
     assert grant is not None
     computed = server.compute(grant)
-    original = store.mutate_job
+    service = client.app.state.service  # type: ignore[attr-defined]
+    original = store.mark_tasks_done
 
     def down(*args: Any, **kwargs: Any) -> Any:
         raise StoreUnavailable("redis store unavailable (test)")
 
-    store.mutate_job = down  # the outage starts right after the task's commit
+    store.mark_tasks_done = down  # the outage starts right after the task's commit
     try:
         cut = server.result(grant, computed, event="evt-cut-000001")
     finally:
-        store.mutate_job = original
+        store.mark_tasks_done = original
     assert cut.status_code == 503, cut.text
     assert task_of(client, grant["task_id"]).state.value == "done"
-    assert grant["task_id"] not in store.get_job(job_id).value.done_task_ids
+    assert grant["task_id"] not in service.done_task_ids(store.get_job(job_id).value)
     retry = server.result(grant, computed, event="evt-cut-000001")
     assert retry.status_code == 200, retry.text
     assert retry.json() == {"task_id": grant["task_id"], "state": "done", "committed": False}
-    assert grant["task_id"] in store.get_job(job_id).value.done_task_ids
+    assert grant["task_id"] in service.done_task_ids(store.get_job(job_id).value)
     history = task_of(client, grant["task_id"]).history
     assert [a.outcome for a in history] == ["done"]  # committed once
     server.run_all()

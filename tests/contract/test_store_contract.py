@@ -327,6 +327,50 @@ def test_claim_race_each_task_claimed_once(backend: Backend) -> None:
     assert backend.store.claim_next("late", 60.0) is None
 
 
+def _finish_worker(
+    source: str | JobStore, job_id: str, task_ids: list[str], total: int, go: Any, out: Any
+) -> None:
+    """Mark tasks done one by one, as committers do; count the finalizer elections won."""
+    store = _reopen(source)
+    store.ping()
+    go.wait(120)
+    won = 0
+    for task_id in task_ids:
+        store.mark_tasks_done(job_id, [task_id])
+        if len(store.done_task_ids(job_id)) == total and store.claim_finalizer(job_id, total):
+            won += 1
+    out.put(won)
+
+
+def test_done_markers_elect_exactly_one_finalizer(backend: Backend) -> None:
+    workers, tasks = (4, 24) if backend.name == "gcs" else (6, 60)
+    job_id = f"j{uuid.uuid4().hex}"
+    ids = [f"t{i:03d}{uuid.uuid4().hex[:8]}" for i in range(tasks)]
+    won = _run_parallel(
+        backend,
+        workers,
+        _finish_worker,
+        lambda i: (backend.source, job_id, ids[i::workers], tasks),
+    )
+    assert sum(won) == 1
+    assert backend.store.done_task_ids(job_id) == sorted(ids)
+    assert not backend.store.claim_finalizer(job_id, tasks)
+    assert backend.store.claim_finalizer(job_id, tasks + 1)  # a grown job: a new election
+
+
+def test_done_markers_are_create_only_and_remember_reuse(store: JobStore) -> None:
+    job_id = f"j{uuid.uuid4().hex}"
+    assert store.mark_tasks_done(job_id, ["a", "b", "a"]) == ["a", "b"]
+    assert store.mark_tasks_done(job_id, ["a"]) == []
+    assert store.mark_tasks_done(job_id, ["c"], reused=True) == ["c"]
+    # A repeat (a submission finished after a crash) still names the reused task, not a
+    # computed one.
+    assert store.mark_tasks_done(job_id, ["c", "b"], reused=True) == ["c"]
+    assert store.done_task_ids(job_id) == ["a", "b", "c"]
+    assert store.done_task_ids(f"j{uuid.uuid4().hex}") == []
+    assert store.done_task_ids("../jobs") == []
+
+
 # ---------------------------------------------------------------------- leases
 
 

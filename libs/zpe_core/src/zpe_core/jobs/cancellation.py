@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from zpe_core.errors import StateConflict
 from zpe_core.jobs.models import Job, JobState, Task, TaskState, now
+from zpe_core.jobs.outcomes import with_done_tasks
 from zpe_core.jobs.queries import JobQueries
 from zpe_core.store.base import JobStore
 
@@ -33,7 +34,7 @@ class Cancellation:
                 )
             job.state = JobState.CANCELLED
             job.finished_at = now()
-            return job
+            return with_done_tasks(self.store, job)
 
         job = self.store.mutate_job(job_id, change).value
         for task_id in {ref.task_id for ref in job.tasks}:

@@ -28,7 +28,7 @@ from zpe_core.jobs.models import (
     error_info,
     now,
 )
-from zpe_core.jobs.outcomes import TaskOutcomes
+from zpe_core.jobs.outcomes import TaskOutcomes, with_done_tasks
 from zpe_core.jobs.submission import Submission
 from zpe_core.physics.analysis import Displacement, analyze, displaced_positions
 from zpe_core.physics.artifacts import build_artifacts
@@ -138,7 +138,7 @@ class Finalizer:
             job.finished_at = finished
             if job.started_at is None:
                 job.started_at = job.created_at
-            return job
+            return with_done_tasks(self.store, job)
 
         self.store.mutate_job(job_id, change)
         log.info("job done", extra={"job_id": job_id, "zpe_ev": vib.zpe_ev})

@@ -177,8 +177,14 @@ class Job(BaseModel):
     structure: StructureInfo
     tasks: list[TaskRef]  # the points computed (a subset of the full plan with symmetry)
     symmetry: JobSymmetry | None = None
-    done_task_ids: list[str] = Field(default_factory=list)
-    reused_task_ids: list[str] = Field(default_factory=list)
+    done_task_ids: list[str] = Field(
+        default_factory=list,
+        description="Written when the job ends: its done tasks then. While it runs, its "
+        "progress is its done markers in the store (JobService.done_task_ids).",
+    )
+    reused_task_ids: list[str] = Field(
+        default_factory=list, description="Tasks done before the job wanted them (at submit)."
+    )
     reuse_scope: str | None = Field(
         default=None, description="The reuse scope of its tasks' ids (None: global)."
     )
@@ -194,10 +200,6 @@ class Job(BaseModel):
     @property
     def total_tasks(self) -> int:
         return len({ref.task_id for ref in self.tasks})
-
-    @property
-    def done_tasks(self) -> int:
-        return len(self.done_task_ids)
 
 
 T = TypeVar("T")

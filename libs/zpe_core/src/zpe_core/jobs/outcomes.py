@@ -1,22 +1,55 @@
 """What happens to jobs when one of their tasks settles.
 
 Whoever commits a task's result calls ``task_succeeded`` (or, after recording
-a failure, ``task_failed``). Each subscribed job counts the task by
-compare-and-swap; the one call whose swap completes a job's task set hands
-the job to ``finish`` (the finalizer), so exactly one caller assembles it.
+a failure, ``task_failed``). A task's outcome for each subscribed job is a
+create-only marker of its own (``store.mark_tasks_done``), never a write of the
+job's record: progress is counted from the markers (``done_task_ids``) and the
+write that ends a job copies them onto its record (``with_done_tasks``). The
+caller that sees a job's set complete and wins its create-only election
+(``store.claim_finalizer``) hands the job to ``finish`` (the finalizer); a
+finisher that crashed after its election is replaced by the reconcile.
+
+A job's record is so written O(1) times whatever its size: created, started
+(the first task leased or committed), reused tasks listed (once per
+submission), done, failed or cancelled (and grown once, when a symmetry check
+fails).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
-from zpe_core.errors import ErrorSource, NotFound
+from zpe_core.errors import ErrorSource, NotFound, StoreUnavailable
 from zpe_core.jobs.models import ErrorInfo, Job, JobState, Task, TaskState, now
 from zpe_core.observability import metrics
 from zpe_core.store.base import JobStore
 
 log = logging.getLogger("zpe.service")
+
+
+def done_task_ids(store: JobStore, job: Job) -> list[str]:
+    """The job's done tasks: those on its record once it ended, else its done markers
+    (with those on the record, for records written before markers existed)."""
+    if job.state.terminal:
+        return list(job.done_task_ids)
+    return _marked_done(store, job)
+
+
+def _marked_done(store: JobStore, job: Job) -> list[str]:
+    return list(dict.fromkeys([*job.done_task_ids, *store.done_task_ids(job.job_id)]))
+
+
+def is_complete(store: JobStore, job: Job) -> bool:
+    """Whether every task of the job is done."""
+    return not {ref.task_id for ref in job.tasks} - set(done_task_ids(store, job))
+
+
+def with_done_tasks(store: JobStore, job: Job) -> Job:
+    """``job`` with its done tasks written down, for the write that ends it."""
+    job.done_task_ids = _marked_done(store, job)
+    return job
 
 
 class TaskOutcomes:
@@ -25,22 +58,44 @@ class TaskOutcomes:
     def __init__(self, store: JobStore, finish: Callable[[str], None]) -> None:
         self.store = store
         self._finish = finish
+        # Jobs whose start (queued -> running) a thread of this process is writing.
+        self._starting: set[str] = set()
+        self._starting_lock = threading.Lock()
 
     def task_started(self, task: Task) -> None:
         """A worker leased ``task``: its queued jobs become running."""
         for job_id in task.subscribers:
+            self._start_job(job_id)
 
-            def change(job: Job) -> Job | None:
-                if job.state is not JobState.QUEUED:
-                    return None
-                job.state = JobState.RUNNING
-                job.started_at = now()
-                return job
+    def _start_job(self, job_id: str) -> None:
+        """Queued -> running: one write of the job's record, best effort.
 
-            try:
-                self.store.mutate_job(job_id, change)
-            except NotFound:
-                continue
+        Every worker that leases one of a job's first tasks gets here at once, and they
+        would all contend on the record (Cloud Storage answers 429 past about one write a
+        second): so one thread of this process at a time tries, and a start that could
+        not be written is written by a later task or by the write that ends the job.
+        """
+        with self._starting_lock:
+            if job_id in self._starting:
+                return
+            self._starting.add(job_id)
+
+        def change(job: Job) -> Job | None:
+            if job.state is not JobState.QUEUED:
+                return None
+            job.state = JobState.RUNNING
+            job.started_at = now()
+            return job
+
+        try:
+            self.store.mutate_job(job_id, change)
+        except NotFound:
+            pass
+        except StoreUnavailable as exc:
+            log.warning("job start not recorded", extra={"job_id": job_id, "error": str(exc)})
+        finally:
+            with self._starting_lock:
+                self._starting.discard(job_id)
 
     def task_succeeded(self, task: Task) -> None:
         """Call after ``commit_result`` committed ``task``: advance and maybe finish its jobs."""
@@ -81,7 +136,7 @@ class TaskOutcomes:
             job.state = JobState.FAILED
             job.error = error
             job.finished_at = now()
-            return job
+            return with_done_tasks(self.store, job)
 
         try:
             self.store.mutate_job(job_id, change)
@@ -90,29 +145,35 @@ class TaskOutcomes:
         log.warning("job failed", extra={"job_id": job_id, "code": error.code})
 
     def mark_tasks_done(self, job_id: str, task_ids: list[str], *, reused: bool = False) -> None:
-        """Count ``task_ids`` as done in one compare-and-swap; finish the job if that
-        completed its set (``reused``: found done at submission, not computed for it)."""
-        completed: list[bool] = []
-
-        def change(job: Job) -> Job | None:
-            completed.clear()  # a lost compare-and-swap retries this function
-            new = [t for t in dict.fromkeys(task_ids) if t not in job.done_task_ids]
-            if job.state.terminal or not new:
-                return None
-            job.done_task_ids.extend(new)
-            if reused:
-                job.reused_task_ids.extend(new)
-            elif job.state is JobState.QUEUED:
-                job.state = JobState.RUNNING
-                job.started_at = now()
-            if job.done_tasks == job.total_tasks:
-                completed.append(True)
-            return job
-
-        try:
-            self.store.mutate_job(job_id, change)
-        except NotFound:
+        """Record tasks of a job as done on markers of their own (the job's record is not
+        written per task) and finish the job if that completed its set and this caller
+        wins the election (``reused``: found done at submission, not computed for it:
+        listed on the record, in one write per submission)."""
+        found = self.store.get_job(job_id)
+        if found is None or found.value.state.terminal:
             return
-        if completed:
-            # This call's compare-and-swap completed the set: exactly one caller gets here.
+        job = found.value
+        wanted = {ref.task_id for ref in job.tasks}
+        marked = self.store.mark_tasks_done(
+            job_id, [t for t in task_ids if t in wanted], reused=reused
+        )
+
+        def list_reused(current: Job) -> Job | None:
+            new = [t for t in marked if t not in current.reused_task_ids]
+            if current.state.terminal or not new:
+                return None
+            current.reused_task_ids.extend(new)
+            return current
+
+        if reused and set(marked) - set(job.reused_task_ids):
+            try:
+                job = self.store.mutate_job(job_id, list_reused).value
+            except NotFound:
+                return
+        elif not reused and job.state is JobState.QUEUED:
+            self._start_job(job_id)
+        if job.state.terminal or not is_complete(self.store, job):
+            return
+        if self.store.claim_finalizer(job_id, job.total_tasks):
+            # Exactly one caller per job and size gets here (a crash after: reconcile).
             self._finish(job_id)

@@ -19,7 +19,7 @@ from zpe_core.jobs.cancellation import Cancellation
 from zpe_core.jobs.dispatching import TaskDispatch
 from zpe_core.jobs.finalize import DISPATCH_REQUESTS, Finalizer
 from zpe_core.jobs.models import DispatchRequest, ErrorInfo, Job, Task, TaskState, error_info, now
-from zpe_core.jobs.outcomes import TaskOutcomes
+from zpe_core.jobs.outcomes import TaskOutcomes, done_task_ids, is_complete
 from zpe_core.jobs.submission import Submission
 from zpe_core.observability import metrics
 from zpe_core.settings import ServiceSettings
@@ -104,7 +104,7 @@ class Repair:
             if found_job is None or found_job.value.state.terminal:
                 continue
             job = found_job.value
-            for task_id in {ref.task_id for ref in job.tasks} - set(job.done_task_ids):
+            for task_id in {ref.task_id for ref in job.tasks} - set(done_task_ids(self.store, job)):
                 found = self.store.get_task(task_id)
                 if found is None:
                     # Its submission was cut before creating every task: create them now.
@@ -127,9 +127,9 @@ class Repair:
             if (
                 refreshed is not None
                 and not refreshed.value.state.terminal
-                and refreshed.value.done_tasks == refreshed.value.total_tasks
+                and is_complete(self.store, refreshed.value)
             ):
-                self._finalizer.finalize(job_id)
+                self._finalizer.finalize(job_id)  # whoever was elected (it may have crashed)
         self._dispatch.forget_settled(queued, since=t)
         if pending:
             self._dispatch.dispatch(list(pending.values()))

@@ -21,7 +21,7 @@ from zpe_core.jobs.dispatching import TaskDispatch
 from zpe_core.jobs.engine_versions import EngineVersions
 from zpe_core.jobs.finalize import DISPATCH_REQUESTS, Finalizer
 from zpe_core.jobs.models import ErrorInfo, Job, JobRequest, Task
-from zpe_core.jobs.outcomes import TaskOutcomes
+from zpe_core.jobs.outcomes import TaskOutcomes, done_task_ids
 from zpe_core.jobs.queries import JobQueries
 from zpe_core.jobs.repair import Repair
 from zpe_core.jobs.submission import Submission
@@ -132,6 +132,10 @@ class JobService:
         return self.cancellation.has_active_subscriber(task)
 
     # task outcomes and finishing
+    def done_task_ids(self, job: Job) -> list[str]:
+        """The job's done tasks (while it runs: its done markers, not its record)."""
+        return done_task_ids(self.store, job)
+
     def task_started(self, task: Task) -> None:
         self.outcomes.task_started(task)
 

@@ -16,6 +16,11 @@ Backends implement only these primitives (plus blobs and ``ping``); every
 typed operation below (jobs, tasks, leases, the ready queue, idempotency keys,
 artifacts) is built on them once, here, so all backends behave alike.
 A backend may override a typed operation for speed, never for semantics.
+
+No record is hot: a job's own record is written a bounded number of times, and each
+task's outcome for a job is a create-only marker of its own (``done/<job>/<task>``,
+``mark_tasks_done``), counted by listing (``done_task_ids``); ``claim_finalizer``
+elects the one finisher (``finalizing/<job>/<tasks>``).
 """
 
 from __future__ import annotations
@@ -230,6 +235,54 @@ class JobStore(ABC):
     def all_job_ids(self, *, limit: int | None = None) -> list[str]:
         """Every job id (for recovery and admin scans), or the first ``limit`` of them."""
         return [key.split("/", 1)[1] for key in self._iter_keys("jobs/", limit=limit)]
+
+    # ------------------------------------------------------------------ job progress
+    #
+    # A job's progress lives beside its record, never in it: one create-only marker per
+    # done task (``done/<job>/<task>``), so a task's outcome writes a key of its own and
+    # the job record is written O(1) times whatever the job's size (Cloud Storage takes
+    # about one write per second to one object name). ``finalizing/<job>/<total>``
+    # (create-only) elects the one committer that finishes the job.
+
+    def mark_tasks_done(
+        self, job_id: str, task_ids: Iterable[str], *, reused: bool = False
+    ) -> list[str]:
+        """Mark tasks of a job done (create-only ``done/<job>/<task>``); idempotent.
+
+        Returns the ids this call marked, and with ``reused`` also those an earlier
+        call marked as reused (so a repeat after a crash still counts them as reused).
+        """
+        marked: list[str] = []
+        value = b"reused" if reused else b""
+        for task_id in dict.fromkeys(task_ids):
+            key = f"done/{job_id}/{task_id}"
+            _require_safe_key(key)
+            try:
+                self._create(key, value)
+            except AlreadyExists:
+                if reused:
+                    found = self._read(key)
+                    if found is not None and found[0] == value:
+                        marked.append(task_id)
+                continue
+            marked.append(task_id)
+        return marked
+
+    def done_task_ids(self, job_id: str) -> list[str]:
+        """The tasks of a job marked done (``mark_tasks_done``), in key order."""
+        if not _safe_id(job_id):
+            return []
+        prefix = f"done/{job_id}/"
+        return [key[len(prefix) :] for key in self._iter_keys(prefix)]
+
+    def claim_finalizer(self, job_id: str, total_tasks: int) -> bool:
+        """Whether this caller finishes the job at ``total_tasks`` tasks (exactly one
+        caller per job and size gets True; a job that grows gets a new election)."""
+        try:
+            self._create(f"finalizing/{job_id}/{total_tasks}", b"")
+        except AlreadyExists:
+            return False
+        return True
 
     # ------------------------------------------------------------------ idempotency
 

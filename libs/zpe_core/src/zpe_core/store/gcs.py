@@ -30,6 +30,7 @@ from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 from google.auth.credentials import AnonymousCredentials
 from google.auth.exceptions import GoogleAuthError
+from google.cloud.storage.exceptions import InvalidResponse
 
 from zpe_core.errors import AlreadyExists, ConfigurationError, StoreConflict, StoreUnavailable
 from zpe_core.store.base import JobStore
@@ -57,7 +58,14 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
 _UNAVAILABLE: tuple[type[BaseException], ...] = (gexc.RetryError, GoogleAuthError, *_TRANSIENT)
 
 
+#: Statuses worth another try. Uploads fail with ``InvalidResponse`` (not an API error)
+#: inside the retry, so 429 (about one write per second to one object) needs naming.
+_RETRYABLE_STATUS = (408, 429, 500, 502, 503, 504)
+
+
 def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, InvalidResponse):
+        return getattr(exc.response, "status_code", None) in _RETRYABLE_STATUS
     return isinstance(exc, _TRANSIENT)
 
 

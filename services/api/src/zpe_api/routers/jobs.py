@@ -38,8 +38,9 @@ def job_links(job_id: str) -> dict[str, str]:
     }
 
 
-def job_status(job: Job, now: float) -> JobStatus:
-    """What ``GET /calc/zpe/jobs/{id}`` answers of a job at time ``now``."""
+def job_status(job: Job, now: float, *, done: int) -> JobStatus:
+    """What ``GET /calc/zpe/jobs/{id}`` answers of a job at time ``now``; ``done``: how
+    many of its tasks are done (``JobService.done_task_ids``)."""
     total = job.total_tasks
     start = job.started_at
     end = job.finished_at or (now if start is not None else None)
@@ -53,9 +54,9 @@ def job_status(job: Job, now: float) -> JobStatus:
         nfree=job.request.nfree,
         temperature=job.request.temperature,
         progress=Progress(
-            done=job.done_tasks,
+            done=done,
             total=total,
-            fraction=round(job.done_tasks / total, 4) if total else 1.0,
+            fraction=round(done / total, 4) if total else 1.0,
             reused=len(job.reused_task_ids),
         ),
         natoms=job.structure.natoms,
@@ -139,7 +140,10 @@ def list_jobs(
     else:
         jobs, next_cursor = service.store.list_jobs(owner, cursor=cursor, limit=limit)
     t = now()
-    return JobList(jobs=[job_status(job, t) for job in jobs], next_cursor=next_cursor)
+    return JobList(
+        jobs=[job_status(job, t, done=len(service.done_task_ids(job))) for job in jobs],
+        next_cursor=next_cursor,
+    )
 
 
 @router.get(
@@ -161,13 +165,16 @@ def get_job(
     """Status and progress. ``ETag`` + ``If-None-Match`` answer 304 while nothing changed;
     ``Retry-After`` says when to poll again while the job runs."""
     job, rev = service.get_job(job_id, owner=owner)
-    etag = f'"{rev:x}"'
+    done = len(service.done_task_ids(job))
+    # Progress is not on the job's record while it runs (done markers): the tag moves with
+    # the record's revision and with the count of done tasks, which only grows.
+    etag = f'"{rev:x}.{done:x}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if not job.state.terminal:
         headers["Retry-After"] = str(settings.poll_retry_after_seconds)
     if if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]:
         return Response(status_code=304, headers=headers)
-    status = job_status(job, now())
+    status = job_status(job, now(), done=done)
     return JSONResponse(status.model_dump(mode="json"), headers=headers)
 
 
@@ -218,4 +225,4 @@ def get_file(
 def cancel_job(job_id: str, service: ServiceDep, owner: OwnerDep) -> JobStatus:
     """Cancel a queued or running job; 409 if it already ended."""
     job = service.cancel(job_id, owner=owner)
-    return job_status(job, now())
+    return job_status(job, now(), done=len(service.done_task_ids(job)))

@@ -1,0 +1,99 @@
+"""Progress on done markers: a crash at any point of a task's outcome is
+repaired by ``reconcile``, and the job record keeps its O(1) writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from zpe_core.jobs.models import JobRequest, JobState, TaskState
+from zpe_core.jobs.runner import run_task
+from zpe_core.jobs.service import JobService
+from zpe_core.settings import Settings
+from zpe_core.store.memory import MemoryJobStore
+
+H2 = (Path(__file__).resolve().parents[2] / "samples" / "h2_zpe.in").read_text()
+
+
+def _service() -> JobService:
+    return JobService(MemoryJobStore(), None, Settings(default_engine="mock"))
+
+
+def _submit(service: JobService) -> tuple[str, list[str]]:
+    job, _ = service.submit(JobRequest(input_text=H2, symmetry="off"), owner="alice")
+    return job.job_id, list(dict.fromkeys(ref.task_id for ref in job.tasks))
+
+
+def test_crash_after_the_finalizer_election_is_finished_by_reconcile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service = _service()
+    job_id, tasks = _submit(service)
+    calls: list[str] = []
+
+    def crash(job_id: str) -> None:
+        calls.append(job_id)
+        raise SystemExit("the finisher died")  # not an Exception: nothing catches it
+
+    # The finisher (the facade's finalizer where there is one) dies after its election.
+    monkeypatch.setattr(getattr(service, "finalizer", service), "finalize", crash)
+    for task_id in tasks[:-1]:
+        run_task(service, task_id, "w1")
+    with pytest.raises(SystemExit):
+        run_task(service, tasks[-1], "w1")
+    assert calls == [job_id]  # elected once
+    monkeypatch.undo()
+    job = service.store.get_job(job_id)
+    assert job is not None and job.value.state is JobState.RUNNING
+    assert not service.store.claim_finalizer(job_id, len(tasks))  # the election is over
+    service.reconcile(stale_after=0.0)
+    done = service.store.get_job(job_id)
+    assert done is not None and done.value.state is JobState.DONE
+    assert sorted(done.value.done_task_ids) == sorted(tasks)  # written with the end
+
+
+def test_crash_between_commit_and_marker_is_counted_by_reconcile() -> None:
+    service = _service()
+    job_id, tasks = _submit(service)
+    for task_id in tasks[:-1]:
+        run_task(service, task_id, "w1")
+    last = service.store.claim_task(tasks[-1], "w2", 60.0)
+    assert last is not None and last.lease is not None
+    from zpe_core.engines import get_engine
+
+    result = get_engine("mock", service.settings).compute(last.spec, Path("."))
+    service.store.commit_result(tasks[-1], last.lease.epoch, result)  # then the worker died
+    job = service.store.get_job(job_id)
+    assert job is not None and job.value.state is JobState.RUNNING
+    assert len(service.done_task_ids(job.value)) == len(tasks) - 1
+    service.reconcile(stale_after=0.0)
+    done = service.store.get_job(job_id)
+    assert done is not None and done.value.state is JobState.DONE
+
+
+def test_the_job_record_is_written_a_bounded_number_of_times() -> None:
+    service = _service()
+    job_id, tasks = _submit(service)
+    revisions = {service.store.get_job(job_id).rev}  # type: ignore[union-attr]
+    for task_id in tasks:
+        run_task(service, task_id, "w1")
+        revisions.add(service.store.get_job(job_id).rev)  # type: ignore[union-attr]
+    assert len(tasks) == 13
+    # created, started, done: the 13 tasks' outcomes wrote no revision of their own.
+    assert len(revisions) == 3
+    job = service.store.get_job(job_id)
+    assert job is not None and job.value.state is JobState.DONE
+
+
+def test_a_resubmitted_job_lists_its_reused_tasks_once() -> None:
+    service = _service()
+    job_id, tasks = _submit(service)
+    for task_id in tasks:
+        run_task(service, task_id, "w1")
+    again, _ = service.submit(JobRequest(input_text=H2, symmetry="off"), owner="alice")
+    assert again.job_id != job_id
+    assert again.state is JobState.DONE
+    assert sorted(again.reused_task_ids) == sorted(tasks)
+    assert sorted(service.done_task_ids(again)) == sorted(tasks)
+    assert all(service.store.get_task(t).value.state is TaskState.DONE for t in tasks)  # type: ignore[union-attr]
