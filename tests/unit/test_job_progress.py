@@ -3,10 +3,12 @@ repaired by ``reconcile``, and the job record keeps its O(1) writes."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
+from zpe_core.errors import StoreUnavailable
 from zpe_core.jobs.models import JobRequest, JobState, TaskState
 from zpe_core.jobs.runner import run_task
 from zpe_core.jobs.service import JobService
@@ -97,3 +99,36 @@ def test_a_resubmitted_job_lists_its_reused_tasks_once() -> None:
     assert sorted(again.reused_task_ids) == sorted(tasks)
     assert sorted(service.done_task_ids(again)) == sorted(tasks)
     assert all(service.store.get_task(t).value.state is TaskState.DONE for t in tasks)  # type: ignore[union-attr]
+
+
+def test_a_claim_cut_before_its_lease_marker_is_reaped_after_reconcile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The claim's write landed, its ``leases/`` marker did not (the store went away in
+    between, as seen in the chaos suite): once the lease expires, reconcile lets the reaper
+    find the task again instead of leaving it leased for ever."""
+    service = _service()
+    job_id, tasks = _submit(service)
+    store = service.store
+    create = store._create
+
+    def outage_on_marker(key: str, value: bytes) -> int:
+        if key.startswith("leases/"):
+            raise StoreUnavailable("the store went away after the claim")
+        return create(key, value)
+
+    monkeypatch.setattr(store, "_create", outage_on_marker)
+    with pytest.raises(StoreUnavailable):
+        store.claim_task(tasks[0], "w-killed", 0.05)
+    monkeypatch.undo()
+    stuck = store.get_task(tasks[0])
+    assert stuck is not None and stuck.value.state is TaskState.LEASED
+    time.sleep(0.1)  # the lease expires
+    assert service.reap() == 0  # no marker: the reaper cannot see it
+    service.reconcile(stale_after=0.0)
+    service.reap()
+    requeued = store.get_task(tasks[0])
+    assert requeued is not None and requeued.value.state is TaskState.QUEUED
+    assert requeued.value.attempts == 1  # the lost lease counted, as an expiry does
+    job = store.get_job(job_id)
+    assert job is not None and not job.value.state.terminal  # and the job goes on

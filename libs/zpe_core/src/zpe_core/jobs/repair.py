@@ -117,6 +117,10 @@ class Repair:
                     self._outcomes.mark_tasks_done(job_id, [task_id])
                 elif task.state is TaskState.FAILED:
                     self._outcomes.task_failed(task)
+                elif task.state is TaskState.LEASED and task.lease is not None:
+                    if task.lease.expires_at < t:
+                        # A claim cut between its write and its marker: let the reaper see it.
+                        self.store.track_lease(task_id)
                 elif task.state is TaskState.QUEUED and task_id not in pending:
                     queued.add(task_id)
                     last = max(task.ready_at, self._dispatch.last_dispatch.get(task_id, 0.0))

@@ -393,9 +393,18 @@ class JobStore(ABC):
         )
         if not result.wrote:
             return None
+        self.track_lease(task_id)
+        return result.value
+
+    def track_lease(self, task_id: str) -> None:
+        """Make sure the reaper sees the lease of ``task_id`` (its ``leases/`` marker).
+
+        The marker is written after the claim's compare-and-swap, so an outage between the
+        two leaves a leased task the reaper cannot find; ``reconcile`` calls this for every
+        leased task whose lease has expired.
+        """
         with contextlib.suppress(AlreadyExists):
             self._create(f"leases/{task_id}", b"")
-        return result.value
 
     def claim_next(
         self,
