@@ -44,7 +44,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import percentile  # noqa: E402
-from bench.queue_throughput import ADMIN, SAMPLE, Proc, api_proc, base_env  # noqa: E402
+from bench.queue_throughput import (  # noqa: E402
+    ADMIN,
+    SAMPLE,
+    Proc,
+    api_proc,
+    base_env,
+    start_pull_workers,
+)
 from tests.fixtures.servers import RedisServer  # noqa: E402
 
 
@@ -117,26 +124,9 @@ def run_variant(
     api, url = api_proc(env, d)
     procs: list[Proc] = []
     try:
-        for i in range(workers):
-            token = httpx.post(
-                f"{url}/calc/zpe/compute/enroll-tokens",
-                json={},
-                headers={"Authorization": f"Bearer {ADMIN}"},
-            ).json()["token"]
-            wenv = {**os.environ, "ZPE_MOCK_DELAY_SECONDS": "0", "ZPE_LOG_LEVEL": "WARNING"}
-            wenv.pop("ZPE_STORE_URL", None)
-            wenv.update(extra_env)
-            argv = [
-                sys.executable, "-m", "zpe_worker.cli", "pull",
-                "--api", url,
-                "--token-file", str(d / f"w{i}.token.json"),
-                "--enroll-token", token,
-                "--name", f"bench-w{i}",
-                "--engines", "mock",
-                "--poll-wait", "1",
-                "--concurrency", str(concurrency),
-            ]  # fmt: skip
-            procs.append(Proc(argv, wenv, d / f"w{i}.log"))
+        procs = start_pull_workers(
+            url, workers, d, extra_env=extra_env, extra_args=("--concurrency", str(concurrency))
+        )
         before = counters(url)
         wall, latencies = run_jobs(url, n)
         after = counters(url)

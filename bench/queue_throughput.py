@@ -265,43 +265,45 @@ def run_inprocess(store_url: str, n: int, workers: int, workdir: Path) -> float:
         api.stop()
 
 
+def start_pull_workers(
+    url: str,
+    workers: int,
+    workdir: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
+    extra_args: tuple[str, ...] = (),
+) -> list[Proc]:
+    """Enroll ``workers`` mock-engine pull workers with the API at ``url`` and start them."""
+    procs: list[Proc] = []
+    for i in range(workers):
+        token = httpx.post(
+            f"{url}/calc/zpe/compute/enroll-tokens",
+            json={},
+            headers={"Authorization": f"Bearer {ADMIN}"},
+        ).json()["token"]
+        wenv = {**os.environ, "ZPE_MOCK_DELAY_SECONDS": "0", "ZPE_LOG_LEVEL": "WARNING"}
+        wenv.pop("ZPE_STORE_URL", None)
+        wenv.update(extra_env or {})
+        argv = [
+            sys.executable, "-m", "zpe_worker.cli", "pull",
+            "--api", url,
+            "--token-file", str(workdir / f"w{i}.token.json"),
+            "--enroll-token", token,
+            "--name", f"bench-w{i}",
+            "--engines", "mock",
+            "--poll-wait", "1",
+            *extra_args,
+        ]  # fmt: skip
+        procs.append(Proc(argv, wenv, workdir / f"w{i}.log"))
+    return procs
+
+
 def run_pull(store_url: str, n: int, workers: int, workdir: Path) -> float:
     env = {**base_env(store_url, "http-pull"), "ZPE_ADMIN_TOKEN": ADMIN}
     api, url = api_proc(env, workdir)
     procs: list[Proc] = []
     try:
-        for i in range(workers):
-            token = httpx.post(
-                f"{url}/calc/zpe/compute/enroll-tokens",
-                json={},
-                headers={"Authorization": f"Bearer {ADMIN}"},
-            ).json()["token"]
-            wenv = {**os.environ, "ZPE_MOCK_DELAY_SECONDS": "0", "ZPE_LOG_LEVEL": "WARNING"}
-            wenv.pop("ZPE_STORE_URL", None)
-            procs.append(
-                Proc(
-                    [
-                        sys.executable,
-                        "-m",
-                        "zpe_worker.cli",
-                        "pull",
-                        "--api",
-                        url,
-                        "--token-file",
-                        str(workdir / f"w{i}.token.json"),
-                        "--enroll-token",
-                        token,
-                        "--name",
-                        f"bench-w{i}",
-                        "--engines",
-                        "mock",
-                        "--poll-wait",
-                        "1",
-                    ],
-                    wenv,
-                    workdir / f"w{i}.log",
-                )
-            )
+        procs = start_pull_workers(url, workers, workdir)
         return submit_and_wait(url, n)
     finally:
         for p in procs:
