@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Iterable
 from functools import lru_cache
 
@@ -26,6 +25,7 @@ from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from zpe_core.edge.hosts import host_name, is_loopback
+from zpe_core.edge.problems import problem_body, send_problem
 from zpe_core.errors import ConfigurationError
 from zpe_core.settings import ApiSettings
 
@@ -65,27 +65,14 @@ class HostCheck:
         if self.allows(host, str(server[0]) if server else None):
             await self.app(scope, receive, send)
             return
-        body = json.dumps(
-            {
-                "type": "urn:zpe:problem:host_not_allowed",
-                "title": "Host not allowed",
-                "status": 421,
-                "detail": "this API answers only to the host names it serves (localhost, "
-                "its own address, ZPE_ALLOWED_HOSTS); the Host header named another",
-                "code": "host_not_allowed",
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 421,
-                "headers": [
-                    (b"content-type", b"application/problem+json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
+        problem = problem_body(
+            421,
+            "host_not_allowed",
+            "Host not allowed",
+            "this API answers only to the host names it serves (localhost, "
+            "its own address, ZPE_ALLOWED_HOSTS); the Host header named another",
         )
-        await send({"type": "http.response.body", "body": body})
+        await send_problem(send, problem)
 
 
 def install_host_check(app: FastAPI, settings: ApiSettings) -> None:

@@ -12,11 +12,12 @@ web framework: the API and the worker service both wrap their apps with it.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from zpe_core.edge.problems import problem_body, send_problem
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -112,25 +113,12 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _too_large(send: Send, rule: RouteLimit, scope: Scope) -> None:
-    problem = {
-        "type": f"urn:zpe:problem:{rule.code}",
-        "title": "Request too large",
-        "status": 413,
-        "detail": f"{rule.what} are limited to {describe_bytes(rule.limit)}",
-        "code": rule.code,
-        "instance": scope.get("path", ""),
-        "limit_bytes": rule.limit,
-    }
-    body = json.dumps(problem).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/problem+json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),  # the rest of the body is never read
-            ],
-        }
+    problem = problem_body(
+        413,
+        rule.code,
+        "Request too large",
+        f"{rule.what} are limited to {describe_bytes(rule.limit)}",
+        instance=scope.get("path", ""),
+        limit_bytes=rule.limit,
     )
-    await send({"type": "http.response.body", "body": body})
+    await send_problem(send, problem, close=True)  # the rest of the body is never read

@@ -8,6 +8,8 @@ echoes a credential, and the one table of error classes to statuses lives here.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from zpe_core.errors import (
@@ -82,3 +84,22 @@ def problem_headers(headers: dict[str, str] | None = None) -> dict[str, str] | N
     if request_id:
         return {**(headers or {}), REQUEST_ID_HEADER: request_id}
     return headers
+
+
+async def send_problem(
+    send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    body: dict[str, Any],
+    *,
+    close: bool = False,
+) -> None:
+    """Answer ``body`` (from ``problem_body``) on a raw ASGI ``send``, for guards that run
+    before any framework; ``close`` tells the client the connection ends (a body not read)."""
+    data = json.dumps(body).encode()
+    headers = [
+        (b"content-type", PROBLEM_JSON.encode()),
+        (b"content-length", str(len(data)).encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": body["status"], "headers": headers})
+    await send({"type": "http.response.body", "body": data})
