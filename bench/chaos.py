@@ -620,6 +620,8 @@ class PullChaos:
         for job in jobs.values():
             if job.state is JobState.FAILED:
                 f.failures.append(f"job {job.job_id} failed: {job.error}")
+            elif not job.state.terminal:
+                f.failures.append(describe_stuck_job(store, job))
         all_ids = store.all_job_ids()
         f.jobs_in_store = len(all_ids)
         f.duplicate_jobs = len(all_ids) - f.submitted
@@ -718,6 +720,40 @@ class PullChaos:
                 },
             }  # fmt: skip
         (self.workdir / "timeline.json").write_text(json.dumps(out, indent=1))
+
+
+def describe_stuck_job(store: JobStore, job: Job) -> str:
+    """What a post-mortem of a job that never finished needs, in one line: its state,
+    its done markers, and each task not marked done with its lease and queue markers."""
+    t = time.time()
+    done = set(store.done_task_ids(job.job_id))
+    parts = [
+        f"job {job.job_id[:12]} {job.state.value}: {len(done)} of {job.total_tasks} done markers"
+    ]
+    keys = set(store._iter_keys("leases/")) | set(store._iter_keys("queue/"))  # diagnostic only
+    finalizing = list(store._iter_keys(f"finalizing/{job.job_id}/"))
+    if finalizing:
+        parts.append(f"finalizing markers {finalizing}")
+    for ref in job.tasks:
+        if ref.task_id in done:
+            continue
+        found = store.get_task(ref.task_id)
+        if found is None:
+            parts.append(f"task {ref.task_id[:10]} missing")
+            continue
+        task = found.value
+        lease = (
+            f"lease epoch {task.lease.epoch} expires in {task.lease.expires_at - t:.1f} s"
+            if task.lease is not None
+            else "no lease"
+        )
+        markers = sorted(k.split("/", 1)[0] for k in keys if k.endswith(ref.task_id))
+        history = [a.outcome for a in task.history]
+        parts.append(
+            f"task {ref.task_id[:10]} {task.state.value} attempts {task.attempts} {lease}, "
+            f"due in {task.ready_at - t:.1f} s, markers {markers}, history {history}"
+        )
+    return "; ".join(parts)
 
 
 def _json_lines(path: Path) -> Iterator[dict[str, Any]]:
