@@ -535,6 +535,22 @@ def test_list_jobs_newest_first_with_cursor(store: JobStore) -> None:
     assert {j.job_id for j in jobs} <= set(store.all_job_ids())
 
 
+def test_active_job_index_names_every_created_job_until_forgotten(store: JobStore) -> None:
+    created = 1_700_000_000.5
+    job = make_job(created_at=created)
+    store.create_job(job)
+    assert job.job_id in store.active_job_ids()
+    assert store.active_job_since(job.job_id) == created
+    store.track_active_job(job.job_id, created + 10)  # idempotent: the first time stays
+    assert store.active_job_since(job.job_id) == created
+    store.forget_active_job(job.job_id)
+    assert job.job_id not in store.active_job_ids()
+    assert store.active_job_since(job.job_id) is None
+    assert store.get_job(job.job_id) is not None  # the index is not the record
+    store.forget_active_job("../jobs")  # a path-like id names nothing
+    assert store.active_job_since("../jobs") is None
+
+
 def test_idempotency_key_claim(store: JobStore) -> None:
     assert store.claim_idempotency_key("alice", "k1", "fp1", "job1") is None
     assert store.claim_idempotency_key("alice", "k1", "fp2", "job2") == ("job1", "fp1")

@@ -3,6 +3,7 @@ repaired by ``reconcile``, and the job record keeps its O(1) writes."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -132,3 +133,134 @@ def test_a_claim_cut_before_its_lease_marker_is_reaped_after_reconcile(
     assert requeued.value.attempts == 1  # the lost lease counted, as an expiry does
     job = store.get_job(job_id)
     assert job is not None and not job.value.state.terminal  # and the job goes on
+
+
+def test_a_requeue_cut_before_its_ready_marker_is_restored_by_the_next_reconcile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An expiry re-queued the task, then the store went away before its ready marker:
+    the next periodic reconcile (long before ``redispatch_after_seconds``) puts the
+    marker back, so a pull worker can lease the task again."""
+    service = _service()
+    _, tasks = _submit(service)
+    store = service.store
+    leased = store.claim_task(tasks[0], "w-killed", 0.05)
+    assert leased is not None
+    time.sleep(0.1)  # the worker died; its lease expires
+    create = store._create
+
+    def outage_on_ready_marker(key: str, value: bytes) -> int:
+        if key.startswith("queue/"):
+            raise StoreUnavailable("the store went away after the re-queue")
+        return create(key, value)
+
+    monkeypatch.setattr(store, "_create", outage_on_ready_marker)
+    with pytest.raises(StoreUnavailable):
+        store.expire_leases(service.settings.retry_policy)
+    monkeypatch.undo()
+    task = store.get_task(tasks[0])
+    assert task is not None and task.value.state is TaskState.QUEUED
+    time.sleep(max(0.0, task.value.ready_at - time.time()) + 0.01)  # its backoff
+    # Every other task is claimed (and so out of the way); the re-queued one has no marker.
+    others = [store.claim_next("w2", 60.0) for _ in tasks[1:]]
+    assert all(t is not None and t.task_id != tasks[0] for t in others)
+    assert store.claim_next("w2", 60.0) is None
+    service.reconcile(stale_after=service.settings.redispatch_after_seconds)
+    again = store.claim_next("w2", 60.0)
+    assert again is not None and again.task_id == tasks[0]
+
+
+def test_reconcile_visits_active_jobs_and_recover_rebuilds_the_index() -> None:
+    service = _service()
+    store = service.store
+    finished, finished_tasks = _submit(service)
+    for task_id in finished_tasks:
+        run_task(service, task_id, "w1")
+    running, _ = _submit(service)  # same tasks: already done, so this one is done too
+    job, _ = service.submit(JobRequest(input_text=H2, symmetry="off", delta=0.02), owner="alice")
+    assert set(store.active_job_ids()) >= {finished, job.job_id}
+    service.reconcile(stale_after=0.0)
+    assert store.active_job_ids() == [job.job_id]  # ended jobs leave the index
+    store.forget_active_job(job.job_id)  # a store written before the index existed
+    service.reconcile(stale_after=0.0)
+    assert store.active_job_ids() == []
+    service.recover()  # looks at every job, so the live one is indexed again
+    assert store.active_job_ids() == [job.job_id]
+    assert running != job.job_id
+
+
+def test_the_control_plane_reconciles_every_reconcile_interval(tmp_path: Path) -> None:
+    """A result committed just before its worker died waits for the reconcile; that wait
+    is ``ZPE_RECONCILE_INTERVAL_SECONDS``, not ``redispatch_after_seconds`` (15 min)."""
+    from zpe_core.bootstrap import ControlPlane
+    from zpe_core.engines import get_engine
+    from zpe_core.settings import ApiSettings
+
+    settings = ApiSettings(
+        store_url=f"file://{tmp_path}",
+        execution_mode="http-pull",
+        default_engine="mock",
+        reconcile_interval_seconds=0.3,
+        reaper_interval_seconds=0.05,
+    )
+    assert settings.redispatch_after_seconds >= 900
+    plane = ControlPlane.open(settings)
+    service = plane.service
+    job_id, tasks = _submit(service)
+    for task_id in tasks[:-1]:
+        run_task(service, task_id, "w1")
+    last = service.store.claim_task(tasks[-1], "w2", 60.0)
+    assert last is not None and last.lease is not None
+    result = get_engine("mock", settings).compute(last.spec, tmp_path)
+    service.store.commit_result(tasks[-1], last.lease.epoch, result)  # then the worker died
+    plane.start(recover=False)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            job = service.store.get_job(job_id)
+            if job is not None and job.value.state is JobState.DONE:
+                break
+            time.sleep(0.05)
+    finally:
+        plane.stop()
+    job = service.store.get_job(job_id)
+    assert job is not None and job.value.state is JobState.DONE
+
+
+def test_a_store_outage_while_finishing_leaves_the_job_to_reconcile_not_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The elected finisher reads the tasks' forces while the store is away: the job must
+    not fail for good over a blip; the next reconcile finishes it."""
+    service = _service()
+    job_id, tasks = _submit(service)
+    store = service.store
+    for task_id in tasks[:-1]:
+        run_task(service, task_id, "w1")
+    get_task = store.get_task
+    finishing = {"on": False}
+
+    def away_while_finishing(task_id: str):  # type: ignore[no-untyped-def]
+        if finishing["on"]:
+            raise StoreUnavailable("the store went away while the job was finishing")
+        return get_task(task_id)
+
+    finalize = service.finalizer.finalize
+
+    def finalize_during_outage(job_id: str) -> None:
+        finishing["on"] = True
+        try:
+            finalize(job_id)
+        finally:
+            finishing["on"] = False
+
+    monkeypatch.setattr(store, "get_task", away_while_finishing)
+    monkeypatch.setattr(service.finalizer, "finalize", finalize_during_outage)
+    with contextlib.suppress(StoreUnavailable):
+        run_task(service, tasks[-1], "w1")
+    monkeypatch.undo()
+    job = store.get_job(job_id)
+    assert job is not None and job.value.state is JobState.RUNNING, job.value.error
+    service.reconcile(stale_after=0.0)
+    done = store.get_job(job_id)
+    assert done is not None and done.value.state is JobState.DONE

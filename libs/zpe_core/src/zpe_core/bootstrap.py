@@ -74,7 +74,7 @@ class ControlPlane:
         self.reaper = Reaper(
             self.service,
             self.settings.reaper_interval_seconds,
-            self.settings.redispatch_after_seconds,
+            self.settings.reconcile_interval_seconds,
         )
 
     @classmethod

@@ -237,6 +237,12 @@ class ApiSettings(ServiceSettings, PushSettings):
 
     inprocess_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     reaper_interval_seconds: float = 5.0
+    reconcile_interval_seconds: float = Field(
+        default=60.0,
+        gt=0.0,
+        description="How often the API's reaper reconciles the active jobs (repairs what a "
+        "crash or a store outage left half-done); at most this long a job waits for it.",
+    )
     list_page_max: int = 100
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token of the admin endpoints; unset: they are closed."

@@ -15,7 +15,7 @@ import logging
 import numpy as np
 from ase import Atoms
 
-from zpe_core.errors import AlreadyExists, ErrorSource, ZpeError
+from zpe_core.errors import AlreadyExists, ErrorSource, StoreUnavailable, ZpeError
 from zpe_core.jobs.dispatching import TaskDispatch
 from zpe_core.jobs.models import (
     DerivedPoint,
@@ -109,6 +109,10 @@ class Finalizer:
             )
             for name, data in files.items():
                 self.store.put_artifact(job_id, name, data)
+        except StoreUnavailable:
+            # An outage is not the job's fault: it stays running, the elected finisher's
+            # election stands, and the next reconcile finishes it (idempotent).
+            raise
         except ZpeError as exc:
             self._outcomes.fail_job(job_id, error_info(exc))
             return

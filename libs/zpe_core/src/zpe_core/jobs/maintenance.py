@@ -1,6 +1,7 @@
 """The background reaper: re-queues expired leases, fails exhausted tasks, and
-every ``reconcile_interval`` seconds repairs what a crash or a store outage left
-half-done (``JobService.reconcile``: lost dispatches, uncounted results) and deletes
+every ``reconcile_interval`` seconds (``ZPE_RECONCILE_INTERVAL_SECONDS``) repairs what
+a crash or a store outage left half-done (``JobService.reconcile``: uncounted results,
+missing markers, finishers that died, lost dispatches) and deletes
 old shipped reference densities. With a dispatcher that keeps a queue of
 deliveries (Cloud Tasks), it also re-dispatches tasks whose delivery vanished
 (``JobService.redispatch_lost``), every ``ZPE_REDISPATCH_AFTER_SECONDS / 2``
@@ -60,7 +61,9 @@ class Reaper:
                 if changed:
                     log.info("reaper re-queued or failed expired tasks", extra={"count": changed})
                 if time.monotonic() >= self._next_reconcile:
-                    redispatched = self._service.reconcile(stale_after=self._reconcile_interval)
+                    redispatched = self._service.reconcile(
+                        stale_after=self._service.settings.redispatch_after_seconds
+                    )
                     self._next_reconcile = time.monotonic() + self._reconcile_interval
                     if redispatched:
                         log.info("re-dispatched stale tasks", extra={"count": redispatched})

@@ -1,11 +1,14 @@
 """Repair: what leases that expired, crashes and store outages leave half-done.
 
 ``reap`` (every few seconds) re-queues expired leases and dispatches the tasks
-workers added to jobs; ``reconcile`` (every ``ZPE_REDISPATCH_AFTER_SECONDS``)
-counts uncounted results, fails jobs of failed tasks, finishes complete jobs,
-re-creates the tasks of cut submissions and re-dispatches tasks whose dispatch
-was lost; ``recover`` is a reconcile at start-up; ``redispatch_lost`` re-dispatches
-tasks whose queued delivery vanished (Cloud Tasks). Every step is idempotent.
+workers added to jobs; ``reconcile`` (every ``ZPE_RECONCILE_INTERVAL_SECONDS``,
+over the active-job index) counts uncounted results, fails jobs of failed tasks,
+finishes complete jobs, re-creates the tasks of cut submissions, restores the
+lease and ready markers a cut write left out and re-dispatches tasks whose
+dispatch was lost (queued longer than ``ZPE_REDISPATCH_AFTER_SECONDS``);
+``recover`` is a reconcile of every job at start-up; ``redispatch_lost``
+re-dispatches tasks whose queued delivery vanished (Cloud Tasks). Every step is
+idempotent.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 
-from zpe_core.errors import ErrorSource, ZpeError
+from zpe_core.errors import ErrorSource, StoreUnavailable, ZpeError
 from zpe_core.jobs import transitions
 from zpe_core.jobs.cancellation import Cancellation
 from zpe_core.jobs.dispatching import TaskDispatch
@@ -26,6 +29,10 @@ from zpe_core.settings import ServiceSettings
 from zpe_core.store.base import JobStore
 
 log = logging.getLogger("zpe.service")
+
+# An active-job index entry without a job is removed only this long after it was
+# written: the submission that wrote it may still be about to create the job.
+_ORPHAN_AFTER_SECONDS = 600.0
 
 
 class Repair:
@@ -83,27 +90,39 @@ class Repair:
         return len(changed)
 
     def recover(self) -> int:
-        """After a restart: re-dispatch every queued task and settle every active job."""
-        return self.reconcile(stale_after=0.0)
+        """After a restart: re-dispatch every queued task and settle every active job,
+        looking at every job (so the active-job index is rebuilt for stores older than it)."""
+        return self.reconcile(stale_after=0.0, every_job=True)
 
-    def reconcile(self, stale_after: float) -> int:
+    def reconcile(self, stale_after: float, *, every_job: bool = False) -> int:
         """Repair what a crash or a store outage left half-done; returns tasks re-dispatched.
 
-        For every active job: count tasks that finished but were not counted,
-        fail the job of a task that failed, finish a job whose tasks are all
-        done, and re-dispatch queued tasks that have waited for a worker more
-        than ``stale_after`` seconds since they were last dispatched (a
-        dispatch lost to a crash or an outage; duplicates are harmless since
-        workers claim through the store).
+        For every job of the active-job index (``every_job``: every job in the store):
+        count tasks that finished but were not counted, fail the job of a task that
+        failed, finish a job whose tasks are all done, restore the lease marker of a
+        leased task whose lease expired and the ready marker of a due queued task (a
+        write cut between two keys), and re-dispatch queued tasks that have waited for
+        a worker more than ``stale_after`` seconds since they were last dispatched (a
+        dispatch lost to a crash or an outage; duplicates are harmless since workers
+        claim through the store). Ended jobs leave the index here.
         """
         t = now()
         pending: dict[str, Task] = {}
         queued: set[str] = set()
-        for job_id in self.store.all_job_ids():
+        job_ids = self.store.all_job_ids() if every_job else self.store.active_job_ids()
+        for job_id in job_ids:
             found_job = self.store.get_job(job_id)
-            if found_job is None or found_job.value.state.terminal:
+            if found_job is None:
+                since = self.store.active_job_since(job_id)
+                if since is not None and t - since > _ORPHAN_AFTER_SECONDS:
+                    self.store.forget_active_job(job_id)  # its submission never created it
                 continue
             job = found_job.value
+            if job.state.terminal:
+                self.store.forget_active_job(job_id)
+                continue
+            if every_job:
+                self.store.track_active_job(job_id, job.created_at)
             for task_id in {ref.task_id for ref in job.tasks} - set(done_task_ids(self.store, job)):
                 found = self.store.get_task(task_id)
                 if found is None:
@@ -123,9 +142,11 @@ class Repair:
                         self.store.track_lease(task_id)
                 elif task.state is TaskState.QUEUED and task_id not in pending:
                     queued.add(task_id)
+                    if task.ready_at <= t:
+                        # Create-only, so a no-op unless a re-queue was cut before it.
+                        self.store.mark_ready(task)
                     last = max(task.ready_at, self._dispatch.last_dispatch.get(task_id, 0.0))
                     if t - last >= stale_after:
-                        self.store.mark_ready(task)
                         pending[task_id] = task
             refreshed = self.store.get_job(job_id)
             if (
@@ -149,6 +170,8 @@ class Repair:
         """Create the tasks of a job whose submission was cut by an outage or a crash."""
         try:
             _, plan = self._submission.plan(job.request, scope=job.reuse_scope)
+        except StoreUnavailable:
+            raise  # an outage is not the job's fault: the next reconcile tries again
         except ZpeError as exc:
             self._outcomes.fail_job(job.job_id, error_info(exc))
             return

@@ -161,8 +161,8 @@ class JobService:
     def recover(self) -> int:
         return self.repair.recover()
 
-    def reconcile(self, stale_after: float) -> int:
-        return self.repair.reconcile(stale_after)
+    def reconcile(self, stale_after: float, *, every_job: bool = False) -> int:
+        return self.repair.reconcile(stale_after, every_job=every_job)
 
     def redispatch_lost(self, at: float | None = None) -> int:
         return self.repair.redispatch_lost(at)

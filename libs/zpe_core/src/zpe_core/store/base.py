@@ -200,7 +200,9 @@ class JobStore(ABC):
     # ------------------------------------------------------------------ jobs
 
     def create_job(self, job: Job) -> Versioned[Job]:
-        """Create a job (never overwrites) and index it under its owner."""
+        """Create a job (never overwrites) and index it under its owner and, first, among
+        the active jobs (so no job can exist that the reconciler does not see)."""
+        self.track_active_job(job.job_id, job.created_at)
         rev = self._create(f"jobs/{job.job_id}", job.model_dump_json().encode())
         inverted = 10**15 - int(job.created_at * 1000)
         index = f"owners/{_owner_key(job.owner)}/{inverted:015d}-{job.job_id}"
@@ -235,6 +237,32 @@ class JobStore(ABC):
     def all_job_ids(self, *, limit: int | None = None) -> list[str]:
         """Every job id (for recovery and admin scans), or the first ``limit`` of them."""
         return [key.split("/", 1)[1] for key in self._iter_keys("jobs/", limit=limit)]
+
+    # The active-job index (``active/<job>``, value: the job's creation time) lets the
+    # periodic reconcile visit only jobs that may need repair, not every job ever run.
+    # It is written before the job record and removed by the reconciler once the job has
+    # ended, so it may name ended or never-created jobs, never miss a live one.
+
+    def track_active_job(self, job_id: str, created_at: float) -> None:
+        """Put ``job_id`` in the active-job index (idempotent)."""
+        key = f"active/{job_id}"
+        _require_safe_key(key)
+        with contextlib.suppress(AlreadyExists):
+            self._create(key, repr(created_at).encode())
+
+    def active_job_ids(self) -> list[str]:
+        """The ids in the active-job index: every job not known to have ended."""
+        return [key.split("/", 1)[1] for key in self._iter_keys("active/")]
+
+    def active_job_since(self, job_id: str) -> float | None:
+        """When ``job_id`` entered the active-job index, or None if it is not in it."""
+        found = self._read(f"active/{job_id}") if _safe_id(job_id) else None
+        return float(found[0]) if found is not None else None
+
+    def forget_active_job(self, job_id: str) -> None:
+        """Take an ended (or never created) job out of the active-job index."""
+        if _safe_id(job_id):
+            self._delete(f"active/{job_id}")
 
     # ------------------------------------------------------------------ job progress
     #
