@@ -371,6 +371,31 @@ def test_done_markers_are_create_only_and_remember_reuse(store: JobStore) -> Non
     assert store.done_task_ids("../jobs") == []
 
 
+def test_done_marker_count_follows_the_markers(store: JobStore) -> None:
+    job_id = f"j{uuid.uuid4().hex}"
+    other = f"j{uuid.uuid4().hex}"
+    assert store.count_done_tasks(job_id) == 0
+    store.mark_tasks_done(job_id, ["a", "b"])
+    store.mark_tasks_done(f"{job_id}x", ["c"])  # a job id that extends this one's
+    store.mark_tasks_done(other, ["d"])
+    assert store.count_done_tasks(job_id) == 2 == len(store.done_task_ids(job_id))
+    store.mark_tasks_done(job_id, ["b", "e"])
+    assert store.count_done_tasks(job_id) == 3
+    assert store.count_done_tasks(other) == 1
+    assert store.count_done_tasks("../jobs") == 0
+
+
+def test_job_revision_is_that_of_the_record(store: JobStore) -> None:
+    job = make_job()
+    assert store.job_revision(job.job_id) is None
+    created = store.create_job(job)
+    assert store.job_revision(job.job_id) == created.rev
+    changed = store.mutate_job(job.job_id, lambda j: j.model_copy(update={"engine": "qe"}))
+    assert changed.rev != created.rev
+    assert store.job_revision(job.job_id) == changed.rev
+    assert store.job_revision("../jobs") is None
+
+
 # ---------------------------------------------------------------------- leases
 
 

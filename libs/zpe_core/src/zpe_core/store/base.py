@@ -163,6 +163,15 @@ class JobStore(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections (optional)."""
 
+    def _revision(self, key: str) -> int | None:
+        """The revision of a record, or ``None``; backends that can skip the value do."""
+        found = self._read(key)
+        return None if found is None else found[1]
+
+    def _count(self, prefix: str) -> int:
+        """How many keys start with ``prefix``; backends that can count without listing do."""
+        return sum(1 for _ in self._iter_keys(prefix))
+
     # ------------------------------------------------------------------ generic helpers
 
     def _get_model(self, key: str, model: type[M]) -> Versioned[M] | None:
@@ -214,6 +223,13 @@ class JobStore(ABC):
         if not _safe_id(job_id):
             return None
         return self._get_model(f"jobs/{job_id}", Job)
+
+    def job_revision(self, job_id: str) -> int | None:
+        """The revision of a job's record (``None``: no such job), without its value:
+        whether a copy read earlier (``get_job``) is still current, for a status poll."""
+        if not _safe_id(job_id):
+            return None
+        return self._revision(f"jobs/{job_id}")
 
     def mutate_job(self, job_id: str, change: Callable[[Job], Job | None]) -> Mutation[Job]:
         return self._mutate(f"jobs/{job_id}", Job, change)
@@ -302,6 +318,13 @@ class JobStore(ABC):
             return []
         prefix = f"done/{job_id}/"
         return [key[len(prefix) :] for key in self._iter_keys(prefix)]
+
+    def count_done_tasks(self, job_id: str) -> int:
+        """How many tasks of a job are marked done: ``len(done_task_ids(job_id))``,
+        without listing the ids where the backend can count."""
+        if not _safe_id(job_id):
+            return 0
+        return self._count(f"done/{job_id}/")
 
     def claim_finalizer(self, job_id: str, total_tasks: int) -> bool:
         """Whether this caller finishes the job at ``total_tasks`` tasks (exactly one

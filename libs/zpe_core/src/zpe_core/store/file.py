@@ -94,6 +94,28 @@ class FileJobStore(JobStore):
             return None
         return self._read_path(self._path(key))
 
+    def _revision(self, key: str) -> int | None:
+        if not _safe_key(key):
+            return None
+        try:
+            with open(self._path(key), "rb") as handle:
+                return int(handle.readline())  # the header line only, not the record
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreUnavailable(f"file store read failed: {exc}") from exc
+
+    def _count(self, prefix: str) -> int:
+        directory, _, name_prefix = prefix.rpartition("/")
+        if name_prefix or not directory or not _safe_key(prefix, prefix=True):
+            return super()._count(prefix)
+        try:  # a directory's entries, unsorted (``_list`` sorts them), temporaries left out
+            return sum(1 for name in os.listdir(self.root / directory) if name[0] != ".")
+        except (FileNotFoundError, NotADirectoryError):
+            return 0
+        except OSError as exc:
+            raise StoreUnavailable(f"file store list failed: {exc}") from exc
+
     def _swap(self, key: str, value: bytes, expected_rev: int) -> int:
         path = self._path(key)
         with self._locked(key):

@@ -186,6 +186,14 @@ class RedisJobStore(JobStore):
             return None
         return _as_bytes(value), int(rev)
 
+    def _revision(self, key: str) -> int | None:
+        rev = self._call("read", lambda: self.client.hget(self._record(key), "r"))
+        return None if rev is None else int(rev)
+
+    def _count(self, prefix: str) -> int:
+        low, high = b"[" + prefix.encode(), b"(" + prefix.encode() + b"\xff"
+        return int(self._call("count", lambda: self.client.zlexcount(self._index, low, high)))
+
     def _swap(self, key: str, value: bytes, expected_rev: int) -> int:
         rev = int(
             self._call(
