@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from starlette.concurrency import run_in_threadpool
 
 from zpe_api.edge import client_address
+from zpe_api.status_cache import StatusCache
 from zpe_core.control.api_keys import ANONYMOUS, ApiKeyRegistry, resolve_owner
 from zpe_core.control.compute_servers import ComputeRegistry, ComputeServer, check_admin
 from zpe_core.control.limits import TokenBucketLimiter
@@ -32,15 +34,23 @@ def get_app_settings(request: Request) -> ApiSettings:
     return settings
 
 
-def current_owner(request: Request, authorization: AuthorizationHeader = None) -> str:
+async def current_owner(request: Request, authorization: AuthorizationHeader = None) -> str:
     """The caller's identity (the owner of the jobs it submits and may see).
 
     A bearer API key names its owner (forged or revoked: 401, in every mode);
     else, when ``ZPE_TRUSTED_IDENTITY_HEADER`` is set, the email of IAP's signed
     assertion (missing or invalid: 401); else ``anonymous`` if ``ZPE_AUTH_MODE=none``,
-    and 401 otherwise.
+    and 401 otherwise. ``async``: without a credential to check there is no I/O, and a
+    sync dependency costs a thread-pool hop per request; a key (a store read) or an
+    assertion (maybe a fetch of IAP's keys) is checked in the thread pool.
     """
     settings = get_app_settings(request)
+    if authorization is None and not settings.trusted_identity_header:
+        return _resolve_owner(request, settings, None)
+    return await run_in_threadpool(_resolve_owner, request, settings, authorization)
+
+
+def _resolve_owner(request: Request, settings: ApiSettings, authorization: str | None) -> str:
     identity = None
     if settings.trusted_identity_header and authorization is None:
         # Identity-aware proxy mode: the identity is that of IAP's signed assertion,
@@ -85,11 +95,17 @@ async def _settings_dep(request: Request) -> ApiSettings:
     return get_app_settings(request)
 
 
+async def _status_cache_dep(request: Request) -> StatusCache:
+    statuses: StatusCache = request.app.state.status_cache
+    return statuses
+
+
 # The aliases resolve through ``async`` wrappers: attribute look-ups, no I/O, so
 # they run on the event loop instead of costing a thread-pool hop each per request.
 ServiceDep = Annotated[JobService, Depends(_service_dep)]
 StoreDep = Annotated[JobStore, Depends(_store_dep)]
 SettingsDep = Annotated[ApiSettings, Depends(_settings_dep)]
+StatusCacheDep = Annotated[StatusCache, Depends(_status_cache_dep)]
 OwnerDep = Annotated[str, Depends(current_owner)]
 
 

@@ -18,6 +18,7 @@ from zpe_api.observability import install_observability
 from zpe_api.problems import install_problem_handlers, problem_responses
 from zpe_api.routers import admin, api_keys, calc, compute, health, jobs, metrics, ui
 from zpe_api.routers.compute import DENSITY_PATH, OUTCOMES_PATH, RESULT_PATH
+from zpe_api.status_cache import StatusCache
 from zpe_core import __version__
 from zpe_core.bootstrap import ControlPlane
 from zpe_core.edge.body_limit import BodyLimit, RouteLimit
@@ -39,6 +40,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         app.state.store = plane.store
         app.state.service = plane.service
         app.state.dispatcher = plane.dispatcher
+        app.state.status_cache = StatusCache(plane.service, jobs.status_json)
         log.info(
             "api started",
             extra={

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from zpe_core.errors import ErrorSource, NotFound, StoreUnavailable
 from zpe_core.jobs.models import ErrorInfo, Job, JobState, Task, TaskState, now
@@ -39,6 +39,15 @@ def done_task_ids(store: JobStore, job: Job) -> list[str]:
 
 def _marked_done(store: JobStore, job: Job) -> list[str]:
     return list(dict.fromkeys([*job.done_task_ids, *store.done_task_ids(job.job_id)]))
+
+
+def count_done(store: JobStore, job_id: str, on_record: Collection[str] = ()) -> int:
+    """How many tasks of a running job are done, ``len(done_task_ids)``; ``on_record``:
+    the done ids its record lists. The markers are counted, not listed, unless the
+    record lists some too (written before markers existed)."""
+    if not on_record:
+        return store.count_done_tasks(job_id)
+    return len(set(on_record).union(store.done_task_ids(job_id)))
 
 
 def is_complete(store: JobStore, job: Job) -> bool:

@@ -14,6 +14,12 @@ from zpe_core.physics.artifacts import ARTIFACT_NAMES
 from zpe_core.store.base import JobStore
 
 
+def require_owner(job_id: str, job_owner: str, owner: str | None) -> None:
+    """``NotFound`` (never forbidden) unless ``owner`` is the job's or ``None`` (any)."""
+    if owner is not None and job_owner != owner:
+        raise NotFound(f"job {job_id} not found")
+
+
 class JobQueries:
     """Owner-checked reads of jobs and their artifacts."""
 
@@ -23,8 +29,9 @@ class JobQueries:
     def get_job(self, job_id: str, *, owner: str | None = None) -> tuple[Job, int]:
         """The job and its store revision; ``NotFound`` if absent or not the owner's."""
         found = self.store.get_job(job_id)
-        if found is None or (owner is not None and found.value.owner != owner):
+        if found is None:
             raise NotFound(f"job {job_id} not found")
+        require_owner(job_id, found.value.owner, owner)
         return found.value, found.rev
 
     def get_result(self, job_id: str, *, owner: str | None = None) -> dict[str, object]:

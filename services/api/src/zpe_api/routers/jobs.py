@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Response
-from fastapi.responses import JSONResponse
 
 from zpe_api.deps import (
     OwnerDep,
     ServiceDep,
     SettingsDep,
+    StatusCacheDep,
     poll_limit,
     require_submission_enabled,
 )
@@ -38,12 +38,27 @@ def job_links(job_id: str) -> dict[str, str]:
     }
 
 
+def progress(done: int, total: int, reused: int) -> Progress:
+    return Progress(
+        done=done,
+        total=total,
+        fraction=round(done / total, 4) if total else 1.0,
+        reused=reused,
+    )
+
+
+def elapsed_seconds(
+    started_at: float | None, finished_at: float | None, now: float
+) -> float | None:
+    """Seconds from start to end (to ``now`` while it runs); ``None`` before it started."""
+    if started_at is None:
+        return None
+    return round((finished_at or now) - started_at, 3)
+
+
 def job_status(job: Job, now: float, *, done: int) -> JobStatus:
     """What ``GET /calc/zpe/jobs/{id}`` answers of a job at time ``now``; ``done``: how
     many of its tasks are done (``JobService.done_task_ids``)."""
-    total = job.total_tasks
-    start = job.started_at
-    end = job.finished_at or (now if start is not None else None)
     return JobStatus(
         job_id=job.job_id,
         state=job.state,
@@ -53,22 +68,32 @@ def job_status(job: Job, now: float, *, done: int) -> JobStatus:
         delta=job.request.delta,
         nfree=job.request.nfree,
         temperature=job.request.temperature,
-        progress=Progress(
-            done=done,
-            total=total,
-            fraction=round(done / total, 4) if total else 1.0,
-            reused=len(job.reused_task_ids),
-        ),
+        progress=progress(done, job.total_tasks, len(job.reused_task_ids)),
         natoms=job.structure.natoms,
         mobile_indices=job.structure.mobile_indices,
         created_at=job.created_at,
-        started_at=start,
+        started_at=job.started_at,
         finished_at=job.finished_at,
-        elapsed_seconds=None if start is None or end is None else round(end - start, 3),
+        elapsed_seconds=elapsed_seconds(job.started_at, job.finished_at, now),
         error=job.error,
         summary=job.summary,
         links=job_links(job.job_id),
     )
+
+
+def status_json(job: Job, done: int, now: float) -> dict[str, Any]:
+    """``job_status`` as the JSON it is answered as (what ``StatusCache`` keeps)."""
+    return job_status(job, now, done=done).model_dump(mode="json")
+
+
+def running_status_json(body: dict[str, Any], done: int, now: float) -> dict[str, Any]:
+    """A running job's kept ``status_json`` with ``done`` tasks done at time ``now``."""
+    total, reused = body["progress"]["total"], body["progress"]["reused"]
+    return {
+        **body,
+        "progress": progress(done, total, reused).model_dump(mode="json"),
+        "elapsed_seconds": elapsed_seconds(body["started_at"], body["finished_at"], now),
+    }
 
 
 IdempotencyKey = Annotated[
@@ -157,25 +182,26 @@ def list_jobs(
 )
 def get_job(
     job_id: str,
-    service: ServiceDep,
+    statuses: StatusCacheDep,
     owner: OwnerDep,
     settings: SettingsDep,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
 ) -> Response:
     """Status and progress. ``ETag`` + ``If-None-Match`` answer 304 while nothing changed;
     ``Retry-After`` says when to poll again while the job runs."""
-    job, rev = service.get_job(job_id, owner=owner)
-    done = len(service.done_task_ids(job))
     # Progress is not on the job's record while it runs (done markers): the tag moves with
-    # the record's revision and with the count of done tasks, which only grows.
-    etag = f'"{rev:x}.{done:x}"'
+    # the record's revision and with the count of done tasks, which only grows. Neither
+    # needs the record parsed (``StatusCache``).
+    poll = statuses.poll(job_id, owner=owner)
+    etag = poll.etag
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
-    if not job.state.terminal:
+    if not poll.snapshot.terminal:
         headers["Retry-After"] = str(settings.poll_retry_after_seconds)
     if if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]:
         return Response(status_code=304, headers=headers)
-    status = job_status(job, now(), done=done)
-    return JSONResponse(status.model_dump(mode="json"), headers=headers)
+    return Response(
+        poll.content(running_status_json, now()), media_type="application/json", headers=headers
+    )
 
 
 @router.get(
