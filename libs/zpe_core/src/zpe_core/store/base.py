@@ -113,6 +113,10 @@ class JobStore(ABC):
 
     #: True when separate processes opening the same URL see the same data.
     shared_across_processes: bool = True
+    #: True when reads answer from this machine's memory or local disk (microseconds, no
+    #: network that can stall): an event loop may call them directly instead of paying a
+    #: thread-pool hop (the API's status poll).
+    local_reads: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Count ``StoreUnavailable`` of every backend's primitives (``zpe_store_errors_total``)."""
@@ -718,7 +722,18 @@ class JobStore(ABC):
             start = page[-1]
 
 
-_PRIMITIVES = ("_create", "_read", "_swap", "_delete", "_list", "_put_blob", "_get_blob", "ping")
+_PRIMITIVES = (
+    "_create",
+    "_read",
+    "_revision",
+    "_swap",
+    "_delete",
+    "_list",
+    "_count",
+    "_put_blob",
+    "_get_blob",
+    "ping",
+)
 
 
 def _counting_store_errors(operation: str, method: Callable[..., Any]) -> Callable[..., Any]:

@@ -26,6 +26,8 @@ from zpe_core.store.base import JobStore, _require_safe_key, _safe_key
 class FileJobStore(JobStore):
     """Records as files under one directory, compare-and-swap by lock + atomic rename."""
 
+    local_reads = True
+
     def __init__(self, root: str | os.PathLike[str], **kwargs: int) -> None:
         super().__init__(**kwargs)
         self.root = Path(root).expanduser().resolve()

@@ -13,6 +13,7 @@ class MemoryJobStore(JobStore):
     """Dicts behind one lock. Not shared across processes."""
 
     shared_across_processes = False
+    local_reads = True
 
     def __init__(self, **kwargs: int) -> None:
         super().__init__(**kwargs)
