@@ -426,7 +426,7 @@ def rss_after_job(
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--stores", nargs="+", default=["file", "redis"])
+    parser.add_argument("--stores", nargs="*", default=["file", "redis"])
     parser.add_argument("--variants", nargs="+", default=["before", "after-h11", "after"])
     parser.add_argument("--before", default="main", help="the commit of the 'before' variant")
     parser.add_argument("--seconds", type=float, default=3.0, help="per phase")
