@@ -400,7 +400,16 @@ def rss_after_job(
                 ZPE_PUSH_SHARED_SECRET="bench-push-secret",
             )
             worker = Proc(
-                [sys.executable, "-m", "zpe_worker.cli", "serve", "--port", str(worker_port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "zpe_worker.cli",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(worker_port),
+                ],
                 env,
                 workdir / f"worker-{variant}.log",
             )
