@@ -1,27 +1,33 @@
 """Chaos suite: jobs keep their answers while processes and the store are killed under them.
 
-Usage: ``uv run python bench/chaos.py [--jobs 200] [--seed 1]`` (prints figures, exits 1
-if an invariant broke). ``tests/chaos/test_chaos.py`` runs a smaller copy in CI.
+Usage: ``uv run python bench/chaos.py [--store redis|gcs] [--jobs 200] [--seed 1]`` (prints
+figures, exits 1 if an invariant broke). ``tests/chaos/test_chaos.py`` runs a smaller copy
+in CI.
 
-Everything runs on loopback, bounded in time and count:
+Everything runs on loopback, bounded in time and count, on one store server: redis-server
+(append-only file on) or fake-gcs-server (its filesystem backend, so what it acknowledged
+is on disk and survives a SIGKILL; its default memory backend would lose everything).
 
-Phase 1, pull: ``zpe serve`` in ``http-pull`` mode on a Redis store (append-only file on),
-three ``zpe-worker pull`` processes. A client submits ``--jobs`` mock jobs (each with an
-``Idempotency-Key``, retried on 503 / 429 / connection errors like a real client, never
-re-submitted under a new key) and polls them. Meanwhile:
+Phase 1, pull: ``zpe serve`` in ``http-pull`` mode on that store, three ``zpe-worker pull``
+processes. A client submits ``--jobs`` mock jobs of mixed sizes (7 and 13 tasks, and
+``--big-jobs`` of 385) with an ``Idempotency-Key`` each, retried on 503 / 429 /
+connection errors like a real client, never re-submitted under a new key, and polls them.
+Meanwhile:
 
 * every few seconds a random worker is SIGKILLed and a fresh process started on its token
   file;
-* at 25 % of the submissions the API is restarted (SIGTERM, then started on the same port
-  and store);
-* at 50 % the Redis server is restarted (SIGTERM, AOF keeps the data);
-* at 75 % the store is down for ``--outage`` seconds (the API answers 503; counted).
+* at 25 % of the submissions the API is SIGKILLed (mid-request: no graceful shutdown),
+  then started on the same port and store;
+* at 50 % the store server is SIGKILLed and started again on the same port and data;
+* at 75 % the store is stopped (SIGTERM) for ``--outage`` seconds (the API answers 503;
+  counted).
 
 Phase 2, push: the API in ``cloud-tasks`` mode, the Cloud Tasks emulator and the worker
-service (``zpe-worker serve``) on another Redis namespace. Jobs are submitted with the
-queue paused, every queued task is enqueued twice more (three copies; the emulator never
-de-duplicates names) and also POSTed straight to the worker by concurrent threads; then
-the queue resumes and the worker service is SIGKILLed and restarted once.
+service (``zpe-worker serve``) on another namespace (prefix) of the same store. Jobs are
+submitted with the queue paused, every queued task is enqueued twice more (three copies;
+the emulator never de-duplicates names) and also POSTed straight to the worker by
+concurrent threads; then the queue resumes and the worker service is SIGKILLed and
+restarted once.
 
 Checked from the store and the logs at the end: jobs submitted, done, failed, lost (must
 be 0), jobs created twice (0), tasks committed twice (0: more than one ``done`` attempt
@@ -53,7 +59,14 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from tests.fixtures.servers import RedisServer, free_port, server_runtime, wait_until_up  # noqa: E402
+from tests.fixtures.servers import (  # noqa: E402
+    GcsServer,
+    RedisServer,
+    free_port,
+    server_runtime,
+    wait_until_up,
+)
+from tests.fixtures.store_writes import cluster_input  # noqa: E402
 from zpe_core.jobs.models import Job, JobRequest, JobState, Task, TaskState  # noqa: E402
 from zpe_core.jobs.runner import run_task  # noqa: E402
 from zpe_core.jobs.service import JobService  # noqa: E402
@@ -65,6 +78,33 @@ MOLECULES = ["h2_zpe.in", "co_zpe.in", "h2o_zpe.in", "nh3_zpe.in"]
 ADMIN = "chaos-admin-token-0123456789abcdef"
 PUSH_SECRET = "chaos-push-secret-0123456789"
 TERMINAL = ("done", "failed", "cancelled")
+STORES = ("redis", "gcs")
+BIG_MOLECULES = 32  # cluster_input: 64 mobile atoms, 385 tasks
+
+StoreServer = RedisServer | GcsServer
+
+
+def store_server(kind: str) -> StoreServer:
+    """The server behind a store ``kind`` (``redis`` or ``gcs``), not started."""
+    if kind == "redis":
+        return RedisServer(server_runtime())
+    if kind == "gcs":
+        return GcsServer(runtime=server_runtime())
+    raise ValueError(f"store must be one of {STORES}, not {kind!r}")
+
+
+def store_url(server: StoreServer, name: str) -> str:
+    """A private store on ``server``: its own Redis namespace or GCS prefix."""
+    if isinstance(server, GcsServer):
+        return f"gs://{server.bucket}/{name}"
+    return f"{server.url}?namespace={name}"
+
+
+def store_env(server: StoreServer) -> dict[str, str]:
+    """What a process needs in its environment to reach ``server``'s store."""
+    if isinstance(server, GcsServer):
+        return {"STORAGE_EMULATOR_HOST": server.emulator_host}
+    return {}
 
 
 def log(message: str) -> None:
@@ -74,27 +114,40 @@ def log(message: str) -> None:
 # ---------------------------------------------------------------------- the workload
 
 
-def job_requests(n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` mock job bodies: one mobile atom each, a delta of their own (so displaced
-    points are new tasks; the undisplaced reference of a molecule is shared), and every
-    tenth job an exact physical duplicate of an earlier one at another temperature (every
-    task reused or shared while in flight)."""
+def job_requests(n: int, seed: int, big: int = 0) -> list[dict[str, Any]]:
+    """``n`` mock job bodies: one mobile atom (7 tasks) or, one in four, two (13 tasks),
+    a delta of their own (so displaced points are new tasks; the undisplaced reference of
+    a molecule is shared), and every tenth job an exact physical duplicate of an earlier
+    one at another temperature (every task reused or shared while in flight). ``big`` of
+    them, spread evenly, are 385-task jobs (64 mobile atoms, a delta of their own)."""
     rng = random.Random(seed)
     texts = {name: (SAMPLES / name).read_text() for name in MOLECULES}
     natoms = {"h2_zpe.in": 2, "co_zpe.in": 2, "h2o_zpe.in": 3, "nh3_zpe.in": 4}
+    big_at = {(k + 1) * n // (big + 1) for k in range(big)} if n > big else set(range(big))
     bodies: list[dict[str, Any]] = []
     for i in range(n):
+        if i in big_at:
+            bodies.append(
+                {
+                    "input_text": cluster_input(BIG_MOLECULES),
+                    "engine": "mock",
+                    "symmetry": "off",
+                    "delta": round(0.02 + 0.00011 * i, 6),
+                }
+            )
+            continue
         if i % 10 == 9:
             twin = dict(bodies[rng.randrange(max(1, i - 8), i)])
             twin["temperature"] = 350.0
             bodies.append(twin)
             continue
         name = MOLECULES[i % len(MOLECULES)]
+        count = 2 if rng.random() < 0.25 else 1
         bodies.append(
             {
                 "input_text": texts[name],
                 "engine": "mock",
-                "mobile": [rng.randrange(natoms[name])],
+                "mobile": sorted(rng.sample(range(natoms[name]), count)),
                 "delta": round(0.006 + 0.00007 * i, 6),
             }
         )
@@ -127,7 +180,9 @@ class Service:
         self.argv, self.env, self.log_path, self.url = argv, env, log_path, url
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 90.0) -> None:
+    def start(self, timeout: float = 300.0) -> None:
+        """Start and wait for ``/healthz``: on this shared machine under a load of 10-18 the
+        API's imports alone took over 90 s, and start-up time is not under test."""
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(
                 self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT
@@ -152,8 +207,10 @@ class Service:
 class PullWorker:
     """A ``zpe-worker pull`` process; its first start enrolls, restarts reuse the token file."""
 
-    def __init__(self, api_url: str, workdir: Path, name: str, delay: float) -> None:
-        self.api_url, self.name = api_url, name
+    def __init__(
+        self, api_url: str, workdir: Path, name: str, delay: float, concurrency: int = 1
+    ) -> None:
+        self.api_url, self.name, self.concurrency = api_url, name, concurrency
         self.token_file = workdir / f"{name}.token.json"
         self.log_path = workdir / f"{name}.log"
         self.env = {**os.environ, "ZPE_MOCK_DELAY_SECONDS": str(delay), "ZPE_ENROLL_TOKEN": ""}
@@ -168,6 +225,7 @@ class PullWorker:
             "--token-file", str(self.token_file),
             "--name", self.name,
             "--engines", "mock",
+            "--concurrency", str(self.concurrency),
             "--poll-wait", "1",
             "--idle-max", "0.3",
             "--grace", "5",
@@ -290,6 +348,8 @@ class Event:
 @dataclass
 class PullFigures:
     jobs: int
+    store: str = "redis"
+    sizes: Counter[int] = field(default_factory=Counter)  # total tasks -> jobs
     submitted: int = 0
     done: int = 0
     failed: int = 0
@@ -308,7 +368,9 @@ class PullFigures:
     worker_start_seconds: list[float] = field(default_factory=list)
     api_down_seconds: float = 0.0
     api_restarts: int = 0
-    redis_restarts: int = 0
+    api_sigkills: int = 0
+    store_restarts: int = 0
+    store_sigkills: int = 0
     outage_seconds: float = 0.0
     answers_503: int = 0
     answers_429: int = 0
@@ -325,35 +387,38 @@ class PullFigures:
 
 
 class PullChaos:
-    """Phase 1: http-pull with three workers, kills, restarts and an outage."""
+    """Phase 1: http-pull with three workers, SIGKILLs, restarts and an outage."""
 
     def __init__(
         self,
         workdir: Path,
-        redis: RedisServer,
+        server: StoreServer,
         *,
         jobs: int,
         seed: int,
+        big_jobs: int = 0,
         in_flight: int = 24,
         kill_every: tuple[float, float] = (3.0, 5.0),
         outage_seconds: float = 6.0,
         mock_delay: float = 0.05,
+        concurrency: int = 1,
         timeout: float = 900.0,
     ) -> None:
         self.workdir = workdir
-        self.redis = redis
+        self.server = server
         self.rng = random.Random(seed)
-        self.bodies = job_requests(jobs, seed)
+        self.bodies = job_requests(jobs, seed, big_jobs)
         self.in_flight = in_flight
         self.kill_every = kill_every
         self.outage_seconds = outage_seconds
         self.mock_delay = mock_delay
         self.timeout = timeout
-        self.store_url = f"{redis.url}?namespace=chaos-{uuid.uuid4().hex[:8]}"
+        self.store_url = store_url(server, f"chaos-{uuid.uuid4().hex[:8]}")
         port = free_port()
         self.api_url = f"http://127.0.0.1:{port}"
         env = {
             **os.environ,
+            **store_env(server),
             "ZPE_STORE_URL": self.store_url,
             "ZPE_EXECUTION_MODE": "http-pull",
             "ZPE_ADMIN_TOKEN": ADMIN,
@@ -372,11 +437,13 @@ class PullChaos:
         }
         argv = [sys.executable, "-m", "zpe_api.cli", "serve", "--port", str(port)]
         self.api = Service(argv, env, workdir / "api.log", self.api_url)
-        self.workers = [PullWorker(self.api_url, workdir, f"w{i}", mock_delay) for i in range(3)]
+        self.workers = [
+            PullWorker(self.api_url, workdir, f"w{i}", mock_delay, concurrency) for i in range(3)
+        ]
         self.items = [Submitted(i, f"chaos-{uuid.uuid4().hex}") for i in range(jobs)]
         self.stats = ClientStats()
         self.events: list[Event] = []
-        self.figures = PullFigures(jobs=jobs)
+        self.figures = PullFigures(jobs=jobs, store=server.name)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._next = 0  # next body to submit
@@ -482,8 +549,8 @@ class PullChaos:
     def _faults(self) -> None:
         n = len(self.items)
         plan: list[tuple[float, str, Callable[[], None]]] = [
-            (0.25, "api restart", self._restart_api),
-            (0.50, "redis restart", self._restart_redis),
+            (0.25, "api SIGKILL", self._kill_api),
+            (0.50, f"{self.server.name} SIGKILL", self._kill_store),
             (0.75, "store outage", self._outage),
         ]
         for fraction, name, action in plan:
@@ -492,26 +559,34 @@ class PullChaos:
             if self._stop.is_set():
                 return
             log(f"{name} at {self._submitted()}/{n} submitted")
-            action()
+            try:
+                action()
+            except Exception as exc:  # the verdict must say which fault broke, and why
+                self.figures.failures.append(f"fault {name} failed: {exc!s:.500}")
+                log(f"{name} failed: {exc!s:.500}")
 
-    def _restart_api(self) -> None:
+    def _kill_api(self) -> None:
+        """SIGKILL the API in the middle of its requests, start it on the same port."""
         down = time.time()
-        self.api.stop(signal.SIGTERM)
+        self.api.stop(signal.SIGKILL)
+        self.figures.api_sigkills += 1
         self.api.start()
         self.figures.api_restarts += 1
         self.figures.api_down_seconds = time.time() - down
-        self.events.append(Event("api restart", down, time.time()))
+        self.events.append(Event("api SIGKILL", down, time.time()))
 
-    def _restart_redis(self) -> None:
+    def _kill_store(self) -> None:
+        """SIGKILL the store server, start it on the same port and data directory."""
         down = time.time()
-        self.redis.stop()
-        self.redis.start()
-        self.figures.redis_restarts += 1
-        self.events.append(Event("redis restart", down, time.time()))
+        self.server.kill()
+        self.figures.store_sigkills += 1
+        self.server.start()
+        self.figures.store_restarts += 1
+        self.events.append(Event(f"{self.server.name} SIGKILL", down, time.time()))
 
     def _outage(self) -> None:
         down = time.time()
-        self.redis.stop()
+        self.server.stop()
         probe = httpx.Client(base_url=self.api_url, timeout=10)
         try:
             end = time.monotonic() + self.outage_seconds
@@ -524,10 +599,10 @@ class PullChaos:
                 time.sleep(0.5)
         finally:
             probe.close()
-        self.redis.start()
+        self.server.start()
         up = time.time()
         self.figures.outage_seconds = up - down
-        self.figures.redis_restarts += 1
+        self.figures.store_restarts += 1
         self.events.append(Event("store outage", down, up))
 
     # ---------------------------------------------------------------- run
@@ -617,6 +692,7 @@ class PullChaos:
         f.done = sum(1 for j in jobs.values() if j.state is JobState.DONE)
         f.failed = sum(1 for j in jobs.values() if j.state is JobState.FAILED)
         f.lost = len(self.items) - sum(1 for j in jobs.values() if j.state.terminal)
+        f.sizes = Counter(j.total_tasks for j in jobs.values())
         for job in jobs.values():
             if job.state is JobState.FAILED:
                 f.failures.append(f"job {job.job_id} failed: {job.error}")
@@ -788,7 +864,7 @@ def check_pull(f: PullFigures) -> list[str]:
     unexpected = [line for line in f.failures if not line.startswith("job ")]
     if unexpected:
         problems.append(f"unexpected answers: {unexpected[:5]}")
-    if f.kills == 0 or f.api_restarts == 0 or f.redis_restarts < 2:
+    if f.kills == 0 or f.api_sigkills == 0 or f.store_sigkills == 0 or f.store_restarts < 2:
         problems.append("not every fault was injected")
     if f.answers_503 == 0 and f.readyz_503 == 0:
         problems.append("the store outage produced no 503")
@@ -815,7 +891,7 @@ class PushFigures:
     failures: list[str] = field(default_factory=list)
 
 
-def run_push(workdir: Path, redis: RedisServer, *, jobs: int, seed: int) -> PushFigures:
+def run_push(workdir: Path, server: StoreServer, *, jobs: int, seed: int) -> PushFigures:
     """Phase 2: duplicated and concurrent deliveries through the Cloud Tasks emulator."""
     from tests.fixtures.cloud_tasks import tasks_emulator_for
     from zpe_core.dispatch.cloud_tasks import CloudTasksDispatcher
@@ -831,11 +907,12 @@ def run_push(workdir: Path, redis: RedisServer, *, jobs: int, seed: int) -> Push
             body["delta"] = round(body["delta"] + 0.03 + 0.0001 * i, 6)
     with tasks as emulator:
         queue = emulator.create_queue()
-        store_url = f"{redis.url}?namespace=push-{uuid.uuid4().hex[:8]}"
+        push_store_url = store_url(server, f"push-{uuid.uuid4().hex[:8]}")
         worker_port, api_port = free_port(), free_port()
         env = {
             **os.environ,
-            "ZPE_STORE_URL": store_url,
+            **store_env(server),
+            "ZPE_STORE_URL": push_store_url,
             "ZPE_EXECUTION_MODE": "cloud-tasks",
             "ZPE_DEFAULT_ENGINE": "mock",
             "ZPE_TASKS_QUEUE": queue,
@@ -878,7 +955,7 @@ def run_push(workdir: Path, redis: RedisServer, *, jobs: int, seed: int) -> Push
             workdir / "push-api.log",
             api_url,
         )
-        store = open_store(store_url)
+        store = open_store(push_store_url)
         client = emulator.client()
         stats = ClientStats()
         try:
@@ -1015,6 +1092,12 @@ def check_push(f: PushFigures) -> list[str]:
 # ---------------------------------------------------------------------- report
 
 
+STORE_NAMES = {
+    "redis": "redis-server, append-only file (appendfsync everysec)",
+    "gcs": "fake-gcs-server, filesystem backend",
+}
+
+
 def _median(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[len(ordered) // 2] if ordered else 0.0
@@ -1022,7 +1105,10 @@ def _median(values: list[float]) -> float:
 
 def report_pull(f: PullFigures) -> str:
     rows = [
+        ("store", STORE_NAMES.get(f.store, f.store)),
         ("jobs submitted (answered)", f"{f.submitted} of {f.jobs}"),
+        ("jobs by size (tasks: jobs)",
+         ", ".join(f"{size}: {count}" for size, count in sorted(f.sizes.items()))),
         ("jobs done / failed / lost", f"{f.done} / {f.failed} / {f.lost}"),
         ("jobs in the store (created twice)", f"{f.jobs_in_store} ({f.duplicate_jobs})"),
         ("task refs / distinct tasks", f"{f.task_refs} / {f.tasks_in_store}"),
@@ -1035,8 +1121,9 @@ def report_pull(f: PullFigures) -> str:
         ("worker restart to pull loop (median, max)",
          f"{_median(f.worker_start_seconds):.1f} s, "
          f"{max(f.worker_start_seconds, default=0):.1f} s"),
-        ("API restarts (down for)", f"{f.api_restarts} ({f.api_down_seconds:.1f} s)"),
-        ("Redis restarts (incl. the outage)", f"{f.redis_restarts}"),
+        ("API SIGKILLs (down for)", f"{f.api_sigkills} ({f.api_down_seconds:.1f} s)"),
+        ("store server SIGKILLs / restarts (incl. the outage)",
+         f"{f.store_sigkills} / {f.store_restarts}"),
         ("store outage", f"{f.outage_seconds:.1f} s"),
         ("client 503s / 429s / connection errors",
          f"{f.answers_503} / {f.answers_429} / {f.connection_errors}"),
@@ -1078,43 +1165,60 @@ def run_all(
     outage: float,
     kill_every: tuple[float, float],
     in_flight: int,
+    store: str = "redis",
+    big_jobs: int = 0,
+    concurrency: int = 1,
     timeout: float = 900.0,
 ) -> tuple[PullFigures, PushFigures | None, list[str]]:
-    redis = RedisServer(server_runtime())
-    if not redis.available():
-        raise RuntimeError(f"redis-server is not available ({redis.runtime})")
-    with redis:
-        pull = PullChaos(
-            workdir,
-            redis,
-            jobs=jobs,
-            seed=seed,
-            outage_seconds=outage,
-            kill_every=kill_every,
-            in_flight=in_flight,
-            timeout=timeout,
-        ).run()
-        problems = check_pull(pull)
-        push = None
-        if push_jobs:
-            push = run_push(workdir, redis, jobs=push_jobs, seed=seed)
-            problems += check_push(push)
+    server = store_server(store)
+    if not server.available():
+        raise RuntimeError(f"{server.name} server is not available ({server.runtime})")
+    saved = {name: os.environ.get(name) for name in store_env(server)}
+    with server:
+        os.environ.update(store_env(server))  # this process reads the store at the end
+        try:
+            pull = PullChaos(
+                workdir,
+                server,
+                jobs=jobs,
+                seed=seed,
+                big_jobs=big_jobs,
+                outage_seconds=outage,
+                kill_every=kill_every,
+                in_flight=in_flight,
+                concurrency=concurrency,
+                timeout=timeout,
+            ).run()
+            problems = check_pull(pull)
+            push = None
+            if push_jobs:
+                push = run_push(workdir, server, jobs=push_jobs, seed=seed)
+                problems += check_push(push)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
     return pull, push, problems
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", choices=STORES, default="redis", help="the store server")
     parser.add_argument("--jobs", type=int, default=200, help="mock jobs through http-pull")
+    parser.add_argument("--big-jobs", type=int, default=3, help="of them, 385-task jobs")
+    parser.add_argument("--concurrency", type=int, default=4, help="tasks per pull worker")
     parser.add_argument("--push-jobs", type=int, default=12, help="jobs through Cloud Tasks")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--outage", type=float, default=6.0, help="store outage seconds")
     parser.add_argument("--in-flight", type=int, default=24, help="jobs the client keeps open")
-    parser.add_argument("--timeout", type=float, default=900.0, help="bound of phase 1 (s)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="bound of phase 1 (s)")
     parser.add_argument("--workdir", help="logs go here (default: a temporary directory)")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir or f"/tmp/zpe-chaos-{uuid.uuid4().hex[:8]}")
     workdir.mkdir(parents=True, exist_ok=True)
-    log(f"logs in {workdir}; load: {os.getloadavg()}")
+    log(f"logs in {workdir}; store {args.store}; load: {os.getloadavg()}")
     pull, push, problems = run_all(
         workdir,
         jobs=args.jobs,
@@ -1123,9 +1227,15 @@ def main(argv: list[str] | None = None) -> int:
         outage=args.outage,
         kill_every=(3.0, 5.0),
         in_flight=args.in_flight,
+        store=args.store,
+        big_jobs=args.big_jobs,
+        concurrency=args.concurrency,
         timeout=args.timeout,
     )
-    print(f"\nphase 1: http-pull, 3 workers, Redis (AOF) — load {os.getloadavg()}")
+    print(
+        f"\nphase 1: http-pull, 3 workers x {args.concurrency} slots, {args.store} "
+        f"— load {os.getloadavg()}"
+    )
     print(report_pull(pull))
     if push is not None:
         print("\nphase 2: cloud-tasks emulator, duplicated and concurrent deliveries")

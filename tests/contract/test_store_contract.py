@@ -646,6 +646,28 @@ def test_outage_raises_store_unavailable_then_recovers(backend: Backend) -> None
     assert found is not None and found.value.job_id == job.job_id
 
 
+@pytest.mark.parametrize("backend", ["redis", "gcs"], indirect=True)
+def test_a_sigkilled_server_keeps_every_acknowledged_write(backend: Backend) -> None:
+    """The chaos suite SIGKILLs the store server: a fair fault only if the server keeps on
+    disk what it acknowledged (redis: AOF; fake-gcs-server: filesystem backend)."""
+    assert backend.server is not None
+    store = backend.store
+    jobs = [make_job() for _ in range(20)]
+    for job in jobs:
+        store.create_job(job)
+    swapped = store.mutate_job(jobs[0].job_id, lambda j: j.model_copy(update={"engine": "qe"}))
+    assert swapped.wrote
+    backend.server.kill()  # at once: no shutdown, no flush by the server
+    backend.server.start()
+    for job in jobs:
+        found = store.get_job(job.job_id)
+        assert found is not None, f"{job.job_id} lost by the SIGKILL"
+    found = store.get_job(jobs[0].job_id)
+    assert found is not None and (found.rev, found.value.engine) == (swapped.rev, "qe")
+    with pytest.raises(AlreadyExists):
+        store.create_job(jobs[1])
+
+
 # ---------------------------------------------------------------------- redis specifics
 
 
