@@ -114,12 +114,15 @@ def log(message: str) -> None:
 # ---------------------------------------------------------------------- the workload
 
 
-def job_requests(n: int, seed: int, big: int = 0) -> list[dict[str, Any]]:
+def job_requests(n: int, seed: int, big: int = 0, deltas: int = 0) -> list[dict[str, Any]]:
     """``n`` mock job bodies: one mobile atom (7 tasks) or, one in four, two (13 tasks),
     a delta of their own (so displaced points are new tasks; the undisplaced reference of
     a molecule is shared), and every tenth job an exact physical duplicate of an earlier
     one at another temperature (every task reused or shared while in flight). ``big`` of
-    them, spread evenly, are 385-task jobs (64 mobile atoms, a delta of their own)."""
+    them, spread evenly, are 385-task jobs (64 mobile atoms, a delta of their own).
+    ``deltas`` > 0 cycles the small jobs through that many deltas (a multiple of 4 keeps
+    each molecule on its own ones), so later jobs reuse or share earlier jobs' points:
+    fewer distinct tasks for the same number of jobs."""
     rng = random.Random(seed)
     texts = {name: (SAMPLES / name).read_text() for name in MOLECULES}
     natoms = {"h2_zpe.in": 2, "co_zpe.in": 2, "h2o_zpe.in": 3, "nh3_zpe.in": 4}
@@ -148,7 +151,7 @@ def job_requests(n: int, seed: int, big: int = 0) -> list[dict[str, Any]]:
                 "input_text": texts[name],
                 "engine": "mock",
                 "mobile": sorted(rng.sample(range(natoms[name]), count)),
-                "delta": round(0.006 + 0.00007 * i, 6),
+                "delta": round(0.006 + 0.00007 * (i % deltas if deltas else i), 6),
             }
         )
     return bodies
@@ -397,6 +400,7 @@ class PullChaos:
         jobs: int,
         seed: int,
         big_jobs: int = 0,
+        deltas: int = 0,
         in_flight: int = 24,
         kill_every: tuple[float, float] = (3.0, 5.0),
         outage_seconds: float = 6.0,
@@ -407,7 +411,7 @@ class PullChaos:
         self.workdir = workdir
         self.server = server
         self.rng = random.Random(seed)
-        self.bodies = job_requests(jobs, seed, big_jobs)
+        self.bodies = job_requests(jobs, seed, big_jobs, deltas)
         self.in_flight = in_flight
         self.kill_every = kill_every
         self.outage_seconds = outage_seconds
@@ -1167,6 +1171,7 @@ def run_all(
     in_flight: int,
     store: str = "redis",
     big_jobs: int = 0,
+    deltas: int = 0,
     concurrency: int = 1,
     timeout: float = 900.0,
 ) -> tuple[PullFigures, PushFigures | None, list[str]]:
@@ -1183,6 +1188,7 @@ def run_all(
                 jobs=jobs,
                 seed=seed,
                 big_jobs=big_jobs,
+                deltas=deltas,
                 outage_seconds=outage,
                 kill_every=kill_every,
                 in_flight=in_flight,
@@ -1208,7 +1214,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", choices=STORES, default="redis", help="the store server")
     parser.add_argument("--jobs", type=int, default=200, help="mock jobs through http-pull")
     parser.add_argument("--big-jobs", type=int, default=3, help="of them, 385-task jobs")
+    parser.add_argument(
+        "--deltas", type=int, default=0, help="distinct deltas of the small jobs (0: each its own)"
+    )
     parser.add_argument("--concurrency", type=int, default=4, help="tasks per pull worker")
+    parser.add_argument(
+        "--kill-every", type=float, nargs=2, default=(3.0, 5.0), metavar=("MIN", "MAX"),
+        help="seconds between worker SIGKILLs",
+    )  # fmt: skip
     parser.add_argument("--push-jobs", type=int, default=12, help="jobs through Cloud Tasks")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--outage", type=float, default=6.0, help="store outage seconds")
@@ -1225,10 +1238,11 @@ def main(argv: list[str] | None = None) -> int:
         push_jobs=args.push_jobs,
         seed=args.seed,
         outage=args.outage,
-        kill_every=(3.0, 5.0),
+        kill_every=tuple(args.kill_every),
         in_flight=args.in_flight,
         store=args.store,
         big_jobs=args.big_jobs,
+        deltas=args.deltas,
         concurrency=args.concurrency,
         timeout=args.timeout,
     )
