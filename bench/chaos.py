@@ -487,6 +487,8 @@ class PullChaos:
                     index = self._next
                     self._next += 1
             if index is None:
+                if time.monotonic() > client.deadline:  # the poller has given up too
+                    return
                 time.sleep(0.05)
                 continue
             item = self.items[index]
