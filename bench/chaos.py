@@ -517,6 +517,8 @@ class PullChaos:
                     it.job_id or it.state for it in self.items
                 ):
                     return
+                if time.monotonic() > client.deadline:  # the submitter has given up too
+                    return
                 time.sleep(0.1)
                 continue
             for item in pending:
