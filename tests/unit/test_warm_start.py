@@ -104,24 +104,26 @@ def test_prepare_input_data_warm_and_save_flags(tmp_path: Path) -> None:
     user = {"electrons": {"startingwfc": "random", "conv_thr": 1e-10}}
     cold = _prepare_input_data(user, tmp_path)
     assert cold["control"]["disk_io"] == "none"
-    assert cold["electrons"] == {"startingwfc": "random", "conv_thr": pytest.approx(1e-12)}
+    assert cold["electrons"] == {"startingwfc": "random", "conv_thr": pytest.approx(1e-13)}
     assert _prepare_input_data(user, tmp_path, save=True)["control"]["disk_io"] == "low"
     warm = _prepare_input_data(user, tmp_path, warm=True)
-    assert warm["electrons"] == {"conv_thr": pytest.approx(1e-12), "startingpot": "file"}
+    assert warm["electrons"] == {"conv_thr": pytest.approx(1e-13), "startingpot": "file"}
     both = _prepare_input_data(user, tmp_path, warm=True, warm_wfc=True)
     assert both["electrons"]["startingwfc"] == "file"
     assert user == {"electrons": {"startingwfc": "random", "conv_thr": 1e-10}}  # not mutated
 
 
-def test_every_scf_converges_a_hundred_times_tighter_than_conv_thr(tmp_path: Path) -> None:
+def test_every_scf_converges_a_thousand_times_tighter_than_conv_thr(tmp_path: Path) -> None:
     def conv(electrons: dict[str, object]) -> float:
         value = _prepare_input_data({"electrons": electrons}, tmp_path)["electrons"]["conv_thr"]
         assert isinstance(value, float)
         return value
 
-    assert conv({"CONV_THR": 1e-8}) == pytest.approx(1e-10)
-    assert conv({"conv_thr": 2e-9}) == pytest.approx(2e-11)
-    assert conv({}) == pytest.approx(1e-8)  # pw.x's default 1e-6, tightened
+    assert conv({"CONV_THR": 1e-8}) == pytest.approx(1e-11)
+    assert conv({"conv_thr": 2e-9}) == pytest.approx(2e-12)
+    assert conv({}) == pytest.approx(1e-9)  # pw.x's default 1e-6, tightened
+    assert conv({"conv_thr": 1e-12}) == pytest.approx(1e-14)  # not below the floor
+    assert conv({"conv_thr": 1e-15}) == pytest.approx(1e-15)  # tighter than it: its own
     assert "CONV_THR" not in _prepare_input_data({"electrons": {"CONV_THR": 1e-8}}, tmp_path)
 
 
@@ -184,10 +186,10 @@ def test_pseudopotential_other_than_planned_is_refused(tmp_path: Path) -> None:
 
 
 def test_get_engine_warm_start_setting(tmp_path: Path) -> None:
-    on = get_engine("qe", Settings(qe_version="v", scratch_dir=str(tmp_path), warm_start=True))
+    on = get_engine("qe", Settings(qe_version="v", scratch_dir=str(tmp_path)))  # on by default
     assert isinstance(on, QeEngine) and on.warm_start_cache is not None
     assert on.warm_start_cache.root.parent == tmp_path
-    off = get_engine("qe", Settings(qe_version="v"))  # off by default
+    off = get_engine("qe", Settings(qe_version="v", warm_start=False))
     assert isinstance(off, QeEngine) and off.warm_start_cache is None
 
 
