@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +49,7 @@ from bench.queue_throughput import (  # noqa: E402
     Proc,
     api_proc,
     base_env,
+    source_tree,
     start_pull_workers,
 )
 from tests.fixtures.servers import RedisServer  # noqa: E402
@@ -57,16 +57,7 @@ from tests.fixtures.servers import RedisServer  # noqa: E402
 
 def extract_worker(commit: str, into: Path) -> dict[str, str]:
     """The worker and core library of ``commit``, as a PYTHONPATH to run them from."""
-    into.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(
-        ["git", "archive", commit, "services/worker/src", "libs/zpe_core/src"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    paths = [into / "services/worker/src", into / "libs/zpe_core/src"]
-    return {"PYTHONPATH": os.pathsep.join(str(p) for p in paths)}
+    return source_tree(commit, into, ("services/worker/src", "libs/zpe_core/src"))
 
 
 def counters(url: str) -> dict[str, float]:

@@ -52,6 +52,18 @@ from tests.fixtures.servers import RedisServer, free_port, wait_until_up  # noqa
 
 SAMPLE = (ROOT / "samples" / "h2_zpe.in").read_text()
 TASKS_PER_JOB = 13  # H2: 2 atoms x 3 directions x 2 signs + the reference point
+
+
+def job_body(i: int) -> dict[str, object]:
+    """Job ``i``: H2 with its second atom moved by ``i + 1`` x 1e-5 A and ``symmetry`` off, so
+    all 13 points are computed and none is shared with another job (with symmetry H2
+    needs 4, and jobs of one geometry share the reference point)."""
+    moved = f"{5.375 + (i + 1) * 1e-5:.6f}"
+    text = SAMPLE.replace("5.000000  5.375000", f"5.000000  {moved}")
+    assert text != SAMPLE
+    return {"input_text": text, "delta": 0.01 + (i + 1) * 1e-6, "symmetry": "off"}
+
+
 ADMIN = "bench-admin-token-0123456789abcdef"
 QUEUES_VENV = ROOT / ".cache" / "bench-queues-venv"
 
@@ -215,8 +227,7 @@ def submit_and_wait(api: str, n: int, timeout: float = 600) -> float:
     with httpx.Client(base_url=api, timeout=60) as client:
 
         def submit(i: int) -> str:
-            body = {"input_text": SAMPLE, "delta": 0.01 + (i + 1) * 1e-6}
-            answer = client.post("/calc/zpe/jobs", json=body)
+            answer = client.post("/calc/zpe/jobs", json=job_body(i))
             if answer.status_code != 201:
                 raise RuntimeError(f"submit: {answer.status_code} {answer.text}")
             job_id: str = answer.json()["job_id"]
@@ -236,7 +247,11 @@ def submit_and_wait(api: str, n: int, timeout: float = 600) -> float:
                     raise RuntimeError(f"{len(pending)} jobs not done in {timeout} s")
                 time.sleep(0.05)
 
-        wait([submit(10_000)])  # warm-up
+        warm = submit(10_000)
+        wait([warm])  # warm-up
+        progress = client.get(f"/calc/zpe/jobs/{warm}").json()["progress"]
+        if (progress["total"], progress["reused"]) != (TASKS_PER_JOB, 0):
+            raise RuntimeError(f"a job is not {TASKS_PER_JOB} computed tasks: {progress}")
         t0 = time.perf_counter()
         with ThreadPoolExecutor(4) as pool:
             ids = list(pool.map(submit, range(n)))
@@ -256,8 +271,28 @@ def api_proc(env: dict[str, str], workdir: Path) -> tuple[Proc, str]:
     return api, url
 
 
-def run_inprocess(store_url: str, n: int, workers: int, workdir: Path) -> float:
+def source_tree(commit: str, into: Path, dirs: tuple[str, ...]) -> dict[str, str]:
+    """The source directories ``dirs`` of ``commit`` (``git archive``), as a PYTHONPATH to
+    run them from (ahead of the editable installs of the work tree)."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "archive", commit, *dirs], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return {"PYTHONPATH": os.pathsep.join(str(into / d) for d in dirs)}
+
+
+#: What ``zpe serve`` (the API with its in-process pool) runs from.
+API_SOURCES = ("services/api/src", "libs/zpe_core/src", "libs/zpe_client/src")
+
+
+def run_inprocess(
+    store_url: str, n: int, workers: int, workdir: Path, *, commit: str | None = None
+) -> float:
+    """``zpe serve`` in-process mode; with ``commit``: the API and core of that commit."""
     env = {**base_env(store_url, "inprocess"), "ZPE_INPROCESS_CONCURRENCY": str(workers)}
+    if commit is not None:
+        env.update(source_tree(commit, workdir / "src", API_SOURCES))
     api, url = api_proc(env, workdir)
     try:
         return submit_and_wait(url, n)
@@ -355,10 +390,18 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
-        "--systems", nargs="+", default=["inprocess", "http-pull", "cloud-tasks", "rq", "arq"]
+        "--systems",
+        nargs="+",
+        default=["inprocess", "http-pull", "cloud-tasks", "rq", "arq"],
+        help="also: inprocess-before (the in-process mode of --before)",
     )
+    parser.add_argument("--before", default="main", help="commit of inprocess-before")
     args = parser.parse_args()
     n, w = args.jobs, args.workers
+    before = subprocess.run(
+        ["git", "rev-parse", "--short", args.before], cwd=ROOT, capture_output=True, text=True,
+        check=True,
+    ).stdout.strip()  # fmt: skip
     n_tasks = n * TASKS_PER_JOB
     print(f"load average before: {os.getloadavg()}; nproc={os.cpu_count()}", flush=True)
     print(f"{n} jobs x {TASKS_PER_JOB} tasks = {n_tasks} units of work, W={w}", flush=True)
@@ -368,6 +411,9 @@ def main() -> None:
         runners: dict[str, Callable[[Path], float]] = {
             "inprocess": lambda d: run_inprocess(
                 f"{base}/0?namespace=inproc-{uuid.uuid4().hex[:8]}", n, w, d
+            ),
+            "inprocess-before": lambda d: run_inprocess(
+                f"{base}/0?namespace=before-{uuid.uuid4().hex[:8]}", n, w, d, commit=before
             ),
             "http-pull": lambda d: run_pull(
                 f"{base}/0?namespace=pull-{uuid.uuid4().hex[:8]}", n, w, d
