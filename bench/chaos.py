@@ -63,6 +63,7 @@ from tests.fixtures.servers import (  # noqa: E402
     GcsServer,
     RedisServer,
     free_port,
+    push_worker_argv,
     server_runtime,
     wait_until_up,
 )
@@ -943,16 +944,7 @@ def run_push(workdir: Path, server: StoreServer, *, jobs: int, seed: int) -> Pus
         worker_url = f"http://127.0.0.1:{worker_port}"
         api_url = f"http://127.0.0.1:{api_port}"
         worker = Service(
-            [
-                sys.executable,
-                "-m",
-                "zpe_worker.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(worker_port),
-            ],
+            push_worker_argv(worker_port),
             env,
             workdir / "push-worker.log",
             worker_url,

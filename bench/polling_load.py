@@ -67,7 +67,7 @@ from bench.queue_throughput import (  # noqa: E402
     submit_and_wait,
 )
 from tests.fixtures.cloud_tasks import TasksEmulator, ensure_emulator_venv  # noqa: E402
-from tests.fixtures.servers import RedisServer, free_port  # noqa: E402
+from tests.fixtures.servers import RedisServer, free_port, push_worker_argv  # noqa: E402
 from tests.fixtures.store_writes import cluster_input  # noqa: E402
 from zpe_core.control.api_keys import ANONYMOUS  # noqa: E402
 from zpe_core.jobs.models import JobRequest  # noqa: E402
@@ -400,16 +400,7 @@ def rss_after_job(
                 ZPE_PUSH_SHARED_SECRET="bench-push-secret",
             )
             worker = Proc(
-                [
-                    sys.executable,
-                    "-m",
-                    "zpe_worker.cli",
-                    "serve",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(worker_port),
-                ],
+                push_worker_argv(worker_port),
                 env,
                 workdir / f"worker-{variant}.log",
             )

@@ -48,7 +48,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.fixtures.cloud_tasks import TasksEmulator, ensure_emulator_venv  # noqa: E402
-from tests.fixtures.servers import RedisServer, free_port, wait_until_up  # noqa: E402
+from tests.fixtures.servers import (  # noqa: E402
+    RedisServer,
+    free_port,
+    push_worker_argv,
+    wait_until_up,
+)
 
 SAMPLE = (ROOT / "samples" / "h2_zpe.in").read_text()
 TASKS_PER_JOB = 13  # H2: 2 atoms x 3 directions x 2 signs + the reference point
@@ -361,16 +366,7 @@ def run_cloud_tasks(store_url: str, n: int, workdir: Path) -> float:
             "ZPE_PUSH_SHARED_SECRET": "bench-push-secret",
         }
         worker = Proc(
-            [
-                sys.executable,
-                "-m",
-                "zpe_worker.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(worker_port),
-            ],
+            push_worker_argv(worker_port),
             env,
             workdir / "worker.log",
         )

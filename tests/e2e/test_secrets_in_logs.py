@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fixtures.servers import free_port, wait_until_up
+from tests.fixtures.servers import free_port, push_worker_argv, wait_until_up
 from zpe_core.store import open_store
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
@@ -175,8 +175,7 @@ def test_no_secret_in_logs_answers_or_records(run_dir: Path) -> None:
         procs.append(api)
         push = Proc(
             "push-worker",
-            [sys.executable, "-m", "zpe_worker.cli", "serve", "--host", "127.0.0.1",
-             "--port", str(push_port)],
+            push_worker_argv(push_port),
             {
                 **base_env,
                 "ZPE_STORE_URL": store_url,

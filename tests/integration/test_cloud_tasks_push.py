@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.fixtures.cloud_tasks import TasksEmulator
-from tests.fixtures.servers import free_port, wait_until_up
+from tests.fixtures.servers import free_port, push_worker_argv, wait_until_up
 from zpe_core.dispatch.cloud_tasks import CloudTasksDispatcher
 from zpe_core.jobs.models import Job, JobRequest, JobState, Task, TaskState
 from zpe_core.jobs.runner import run_task
@@ -99,16 +99,7 @@ class Stack:
             **{k[4:].lower(): v for k, v in self.env.items() if k.startswith("ZPE_")}
         )
         self.worker = Proc(
-            [
-                sys.executable,
-                "-m",
-                "zpe_worker.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.worker_port),
-            ],
+            push_worker_argv(self.worker_port),
             self.env,
             workdir / "worker.log",
             f"{self.worker_url}/healthz",
