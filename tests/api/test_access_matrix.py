@@ -684,7 +684,13 @@ PUSH_EXPECTED: dict[tuple[str, str], dict[str, dict[str, int]]] = {
 def test_push_worker_matrix(config: str) -> None:
     """The worker service: health is open, a push runs only with the right credentials,
     a refused push runs nothing, and no answer quotes a credential back."""
-    from tests.unit.test_push_auth import AUDIENCE, INVOKER, CertsServer, _rsa_pem, make_token
+    from tests.unit.worker.test_push_auth import (
+        AUDIENCE,
+        INVOKER,
+        CertsServer,
+        _rsa_pem,
+        make_token,
+    )
     from zpe_core.jobs.models import TaskState
     from zpe_worker.app import create_app as create_worker_app
 

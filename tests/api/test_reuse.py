@@ -95,7 +95,7 @@ def test_isotope_reuses_forces_but_changes_frequencies(
 
 def test_other_delta_reuses_only_the_reference(client: TestClient, engine_runs: EngineRuns) -> None:
     # (The mock engine reads no QE settings, so cutoff, k-point, pseudopotential and
-    # version changes are tested on qe task keys in tests/unit/test_task_keys.py.)
+    # version changes are tested on qe task keys in tests/unit/physics/test_task_keys.py.)
     text = (SAMPLES / "h2_zpe.in").read_text()
     _run(client, text)
     other = _run(client, text, delta=0.02)

@@ -26,7 +26,7 @@ from google.auth.crypt import es256
 from tests.api.conftest import make_settings
 from tests.api.test_jobs_api import assert_problem
 from tests.fixtures.servers import free_port
-from tests.unit.test_push_auth import CertsServer, _rsa_pem, make_token
+from tests.unit.worker.test_push_auth import CertsServer, _rsa_pem, make_token
 from zpe_api.main import create_app
 from zpe_core.errors import ConfigurationError
 

@@ -22,7 +22,7 @@ from tests.api.test_pull_api import Server, pull_settings
 from tests.api.test_pull_api import admin as pull_admin
 from tests.api.test_reuse import EngineRuns, engine_runs  # noqa: F401 - fixture
 from tests.api.test_users_access import ADMIN, bearer, issue
-from tests.unit.test_submit_outage import FlakyStore, finish
+from tests.unit.jobs.test_submit_outage import FlakyStore, finish
 from zpe_api.main import create_app
 from zpe_core.errors import StoreUnavailable
 from zpe_core.jobs.models import JobRequest, JobState

@@ -19,7 +19,7 @@ from zpe_core.jobs.service import JobService
 from zpe_core.settings import Settings
 from zpe_core.store.memory import MemoryJobStore
 
-H2 = (Path(__file__).resolve().parents[2] / "samples" / "h2_zpe.in").read_text()
+H2 = (Path(__file__).resolve().parents[3] / "samples" / "h2_zpe.in").read_text()
 
 
 class FlakyStore(MemoryJobStore):

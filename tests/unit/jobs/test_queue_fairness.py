@@ -18,7 +18,7 @@ from zpe_core.jobs.service import JobService
 from zpe_core.settings import Settings
 from zpe_core.store import open_store
 
-H2 = (Path(__file__).resolve().parents[2] / "samples" / "h2_zpe.in").read_text()
+H2 = (Path(__file__).resolve().parents[3] / "samples" / "h2_zpe.in").read_text()
 
 
 def test_a_retried_task_is_leased_before_tasks_submitted_after_it_was_due() -> None:

@@ -29,7 +29,7 @@ from zpe_core.jobs.service import JobService
 from zpe_core.settings import Settings
 from zpe_core.store import open_store
 
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+SAMPLES = Path(__file__).resolve().parents[3] / "samples"
 QUEUE = "projects/p/locations/l/queues/zpe"
 SPEC = TaskSpec(
     engine="mock",

@@ -18,7 +18,7 @@ from zpe_core.physics.qe_input import (
     select_mobile,
 )
 
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+SAMPLES = Path(__file__).resolve().parents[3] / "samples"
 
 SPECIES_H = "ATOMIC_SPECIES\n  H 1.008 H.pbe-kjpaw.UPF\n"
 CELL_10 = "CELL_PARAMETERS angstrom\n 10 0 0\n 0 10 0\n 0 0 10\n"

@@ -20,7 +20,7 @@ from zpe_core.physics.symmetry import FORCE_TOLERANCE
 from zpe_core.settings import Settings
 from zpe_core.store import open_store
 
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+SAMPLES = Path(__file__).resolve().parents[3] / "samples"
 SETTINGS = Settings(store_url="memory://", default_engine="mock", allowed_engines="mock")
 
 ForcesFn = Callable[[TaskSpec], TaskResult]
