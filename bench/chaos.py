@@ -68,7 +68,8 @@ from tests.fixtures.servers import (  # noqa: E402
     wait_until_up,
 )
 from tests.fixtures.store_writes import cluster_input  # noqa: E402
-from zpe_core.jobs.models import Job, JobRequest, JobState, Task, TaskState  # noqa: E402
+from zpe_client.models import JobRequest, JobState, TaskState  # noqa: E402
+from zpe_core.jobs.models import Job, Task  # noqa: E402
 from zpe_core.jobs.runner import run_task  # noqa: E402
 from zpe_core.jobs.service import JobService  # noqa: E402
 from zpe_core.settings import Settings  # noqa: E402

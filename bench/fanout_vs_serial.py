@@ -100,8 +100,8 @@ def run_serial(text: str, command: str, workdir: Path) -> dict[str, Any]:
 
 def run_product(text: str, workers: int, warm: bool, workdir: Path) -> dict[str, Any]:
     """JobService + InProcessDispatcher (W worker processes) on a fresh file store."""
+    from zpe_client.models import JobRequest, JobState
     from zpe_core.bootstrap import ControlPlane
-    from zpe_core.jobs.models import JobRequest, JobState
     from zpe_core.settings import Settings
 
     scratch = workdir / "scratch"
@@ -185,8 +185,8 @@ def wait_done(service: Any, job_id: str, timeout: float, poll: float = 0.2) -> A
 def run_warm_ab(text: str, workdir: Path) -> dict[str, Any]:
     """Every displaced point computed cold and warm back to back (alternating which goes
     first, so a change in machine load hits both alike); the engine called directly."""
+    from zpe_client.models import JobRequest
     from zpe_core.engines.qe import QeEngine, WarmStartCache, detect_pw_version
-    from zpe_core.jobs.models import JobRequest
     from zpe_core.physics.analysis import analyze
     from zpe_core.physics.plan import build_plan
     from zpe_core.physics.qe_input import parse_qe_input, select_mobile

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.queue_throughput import job_body  # noqa: E402
 from tests.fixtures.servers import RedisServer  # noqa: E402
-from zpe_core.jobs.models import JobRequest  # noqa: E402
+from zpe_client.models import JobRequest  # noqa: E402
 from zpe_core.jobs.runner import run_task  # noqa: E402
 from zpe_core.jobs.service import JobService  # noqa: E402
 from zpe_core.settings import Settings  # noqa: E402

@@ -69,8 +69,8 @@ from bench.queue_throughput import (  # noqa: E402
 from tests.fixtures.cloud_tasks import TasksEmulator, ensure_emulator_venv  # noqa: E402
 from tests.fixtures.servers import RedisServer, free_port, push_worker_argv  # noqa: E402
 from tests.fixtures.store_writes import cluster_input  # noqa: E402
+from zpe_client.models import JobRequest  # noqa: E402
 from zpe_core.control.api_keys import ANONYMOUS  # noqa: E402
-from zpe_core.jobs.models import JobRequest  # noqa: E402
 from zpe_core.jobs.runner import run_task  # noqa: E402
 from zpe_core.jobs.service import JobService  # noqa: E402
 from zpe_core.settings import Settings  # noqa: E402

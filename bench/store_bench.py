@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.fixtures.servers import GcsServer, RedisServer  # noqa: E402
-from zpe_core.jobs.models import Job, JobRequest, StructureInfo  # noqa: E402
+from zpe_client.models import JobRequest  # noqa: E402
+from zpe_core.jobs.models import Job, StructureInfo  # noqa: E402
 from zpe_core.store import JobStore, open_store  # noqa: E402
 
 

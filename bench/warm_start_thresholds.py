@@ -52,7 +52,7 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
 
     import zpe_core.engines.qe as qe
-    from zpe_core.jobs.models import JobRequest, TaskSpec
+    from zpe_client.models import JobRequest, TaskSpec
     from zpe_core.physics.analysis import analyze
     from zpe_core.physics.plan import build_plan
     from zpe_core.physics.qe_input import parse_qe_input, select_mobile

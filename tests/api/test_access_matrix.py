@@ -35,9 +35,9 @@ from starlette.routing import Mount
 
 from tests.api.conftest import make_settings
 from zpe_api.main import create_app
+from zpe_client.models import JobRequest, TaskSpec
 from zpe_core.engines.base import MOCK_VERSION
 from zpe_core.jobs.compute import compute_task
-from zpe_core.jobs.models import JobRequest, TaskSpec
 from zpe_core.settings import Settings
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
@@ -691,7 +691,7 @@ def test_push_worker_matrix(config: str) -> None:
         _rsa_pem,
         make_token,
     )
-    from zpe_core.jobs.models import TaskState
+    from zpe_client.models import TaskState
     from zpe_worker.app import create_app as create_worker_app
 
     good, other = _rsa_pem(), _rsa_pem()

@@ -16,10 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.api.conftest import make_settings, wait_for
 from tests.api.test_jobs_api import assert_problem, submit
 from zpe_api.main import create_app
+from zpe_client.models import ErrorInfo, ErrorSource, JobRequest, TaskState
 from zpe_core import bootstrap
 from zpe_core.dispatch.base import JobDispatcher
-from zpe_core.errors import DispatchError, ErrorSource, StoreUnavailable
-from zpe_core.jobs.models import ErrorInfo, JobRequest, TaskState
+from zpe_core.errors import DispatchError, StoreUnavailable
 from zpe_core.jobs.service import JobService
 from zpe_core.observability import metrics
 from zpe_core.observability.logs import json_handler, redact, register_secret

@@ -19,9 +19,9 @@ from fastapi.testclient import TestClient
 
 from tests.api.conftest import make_settings, wait_for
 from zpe_api.main import create_app
+from zpe_client.models import TaskSpec
 from zpe_core.engines.mock import MOCK_VERSION
 from zpe_core.jobs.compute import compute_task
-from zpe_core.jobs.models import TaskSpec
 from zpe_core.settings import Settings
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"

@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.api.conftest import SAMPLES, wait_for
+from zpe_client.models import TaskResult, TaskSpec
 from zpe_core.engines.mock import MockEngine
-from zpe_core.jobs.models import TaskResult, TaskSpec
 
 
 class EngineRuns:

@@ -17,24 +17,9 @@ from typing import Any
 
 import pytest
 
-from zpe_core.errors import (
-    AlreadyExists,
-    ArtifactTooLarge,
-    ErrorSource,
-    StoreConflict,
-    StoreUnavailable,
-)
-from zpe_core.jobs.models import (
-    ErrorInfo,
-    Job,
-    JobRequest,
-    RetryPolicy,
-    StructureInfo,
-    Task,
-    TaskResult,
-    TaskSpec,
-    TaskState,
-)
+from zpe_client.models import ErrorInfo, ErrorSource, JobRequest, TaskResult, TaskSpec, TaskState
+from zpe_core.errors import AlreadyExists, ArtifactTooLarge, StoreConflict, StoreUnavailable
+from zpe_core.jobs.models import Job, RetryPolicy, StructureInfo, Task
 from zpe_core.store import JobStore, StaleLease, open_store
 from zpe_core.store.base import queue_lane
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from zpe_core.jobs.models import JobRequest, JobState
+from zpe_client.models import JobRequest, JobState
 from zpe_core.jobs.service import JobService
 from zpe_core.settings import Settings
 from zpe_core.store import open_store

@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from zpe_client.compute import ResultBody
+from zpe_client.models import TaskResult, TaskSpec
 from zpe_core.control.pull import validate_result
 from zpe_core.errors import InputError
-from zpe_core.jobs.models import Task, TaskResult, TaskSpec
+from zpe_core.jobs.models import Task
 from zpe_core.physics.qe_input import parse_qe_input, select_mobile
 
 pytestmark = pytest.mark.fuzz

@@ -24,8 +24,9 @@ import pytest
 
 from tests.fixtures.cloud_tasks import TasksEmulator
 from tests.fixtures.servers import free_port, push_worker_argv, wait_until_up
+from zpe_client.models import JobRequest, JobState, TaskState
 from zpe_core.dispatch.cloud_tasks import CloudTasksDispatcher
-from zpe_core.jobs.models import Job, JobRequest, JobState, Task, TaskState
+from zpe_core.jobs.models import Job, Task
 from zpe_core.jobs.runner import run_task
 from zpe_core.jobs.service import JobService
 from zpe_core.settings import Settings

@@ -19,7 +19,7 @@ from google.auth.credentials import AnonymousCredentials
 from tests.fixtures.gcs_rate_limit import RateLimitedGcs
 from tests.fixtures.servers import GcsServer, RedisServer
 from tests.fixtures.store_writes import WriteCountingStore, run_job_in_threads
-from zpe_core.jobs.models import JobState
+from zpe_client.models import JobState
 from zpe_core.store import JobStore, open_store
 from zpe_core.store.gcs import GcsJobStore
 

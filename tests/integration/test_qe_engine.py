@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_or_skip
+from zpe_client.models import QeCalcSpec, TaskSpec
 from zpe_core.engines.qe import QeEngine
 from zpe_core.errors import EngineError
-from zpe_core.jobs.models import QeCalcSpec, TaskSpec
 
 PSEUDO_DIR = "/usr/share/espresso/pseudo"
 

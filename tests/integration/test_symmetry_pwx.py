@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import require_or_skip
+from zpe_client.models import JobRequest
 from zpe_core.jobs.compute import compute_task
-from zpe_core.jobs.models import JobRequest
 from zpe_core.physics.analysis import analyze
 from zpe_core.physics.plan import build_plan
 from zpe_core.physics.qe_input import parse_qe_input, select_mobile

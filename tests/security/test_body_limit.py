@@ -26,7 +26,7 @@ from tests.api.test_access_matrix import ADMIN_HEADERS, bearer, enroll, lease, m
 from tests.security._edge import LocalApi, send_chunked
 from tests.security._edge import local_api as local_api  # a fixture
 from zpe_api.main import create_app
-from zpe_core.jobs.models import JobRequest
+from zpe_client.models import JobRequest
 from zpe_worker.app import create_app as create_worker_app
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"

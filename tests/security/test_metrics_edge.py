@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from tests.api.conftest import make_settings
 from tests.api.test_users_access import ADMIN, bearer, issue
 from zpe_api.main import create_app
-from zpe_core.jobs.models import JobRequest
+from zpe_client.models import JobRequest
 from zpe_core.jobs.service import JobService
 from zpe_core.observability.exporter import MetricsExporter
 from zpe_core.settings import Settings

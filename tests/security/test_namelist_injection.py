@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 
 from tests.conftest import require_or_skip
 from tests.security.conftest import fake_pw, h2_input, namelist_text
+from zpe_client.models import JobRequest, QeCalcSpec, TaskSpec
 from zpe_core.engines.qe import SCF_CONV_THR_FACTOR, QeEngine
 from zpe_core.errors import EngineError, InputError
 from zpe_core.jobs.compute import compute_task
-from zpe_core.jobs.models import JobRequest, QeCalcSpec, TaskSpec
 from zpe_core.physics.namelists import (
     NAMELIST_KEYS,
     PW_DEFAULT_CONV_THR_RY,

@@ -17,9 +17,10 @@ import pytest
 
 from tests.conftest import require_or_skip
 from tests.security.conftest import fake_pw, h2_input, namelist_text
+from zpe_client.models import JobRequest, TaskState
 from zpe_core.dispatch.base import JobDispatcher
 from zpe_core.jobs.compute import compute_task
-from zpe_core.jobs.models import JobRequest, Task, TaskState
+from zpe_core.jobs.models import Task
 from zpe_core.jobs.runner import Outcome, run_task
 from zpe_core.jobs.service import JobService
 from zpe_core.physics.plan import task_key

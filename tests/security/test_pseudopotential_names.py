@@ -18,10 +18,10 @@ from fastapi.testclient import TestClient
 from tests.api.conftest import make_settings
 from tests.security.conftest import fake_pw, h2_input
 from zpe_api.main import create_app
+from zpe_client.models import QeCalcSpec, TaskSpec
 from zpe_core.engines.qe import QeEngine
 from zpe_core.errors import EngineError
 from zpe_core.jobs.compute import compute_task
-from zpe_core.jobs.models import QeCalcSpec, TaskSpec
 from zpe_core.settings import Settings
 
 

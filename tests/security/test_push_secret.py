@@ -19,9 +19,9 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from tests.api.conftest import make_settings
+from zpe_client.models import JobRequest, TaskState
 from zpe_core.dispatch.cloud_tasks import SECRET_HEADER, CloudTasksDispatcher
 from zpe_core.errors import ConfigurationError
-from zpe_core.jobs.models import JobRequest, TaskState
 from zpe_core.jobs.service import JobService
 from zpe_core.store import open_store
 from zpe_worker import cli as worker_cli

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.security.conftest import fake_pw
+from zpe_client.models import QeCalcSpec, TaskSpec
 from zpe_core.engines.qe import QeEngine, subprocess_env
 from zpe_core.errors import EngineError
-from zpe_core.jobs.models import QeCalcSpec, TaskSpec
 
 SECRETS = {
     "ZPE_STORE_URL": "redis://:hunter2@store.internal:6379/0",

@@ -24,8 +24,8 @@ from tests.api.test_reuse import EngineRuns, engine_runs  # noqa: F401 - fixture
 from tests.api.test_users_access import ADMIN, bearer, issue
 from tests.unit.jobs.test_submit_outage import FlakyStore, finish
 from zpe_api.main import create_app
+from zpe_client.models import JobRequest, JobState
 from zpe_core.errors import StoreUnavailable
-from zpe_core.jobs.models import JobRequest, JobState
 from zpe_core.jobs.service import JobService
 from zpe_core.physics.plan import owner_scope, scoped_task_id, task_key
 from zpe_core.settings import Settings

@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from zpe_client.compute import Capabilities
+from zpe_client.models import TaskResult, TaskSpec
 from zpe_core.control.compute_servers import (
     ENROLL_PREFIX,
     WORKER_PREFIX,
-    Capabilities,
     ComputeRegistry,
     check_admin,
     digest_matches,
@@ -20,7 +21,7 @@ from zpe_core.control.compute_servers import (
 )
 from zpe_core.control.pull import server_matches, validate_result
 from zpe_core.errors import Forbidden, InputError, SwitchedOff, Unauthorized
-from zpe_core.jobs.models import Task, TaskResult, TaskSpec
+from zpe_core.jobs.models import Task
 from zpe_core.settings import Settings
 from zpe_core.store import open_store
 

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from tests.fixtures.cloud_tasks import TasksEmulator
 from tests.fixtures.servers import free_port
+from zpe_client.models import JobRequest, JobState, TaskSpec, TaskState
 from zpe_core.dispatch.cloud_tasks import (
     CloudTasksDispatcher,
     task_id_of,
@@ -24,7 +25,7 @@ from zpe_core.dispatch.cloud_tasks import (
     validate_settings,
 )
 from zpe_core.errors import ConfigurationError, DispatchError
-from zpe_core.jobs.models import JobRequest, JobState, Task, TaskSpec, TaskState, now
+from zpe_core.jobs.models import Task, now
 from zpe_core.jobs.service import JobService
 from zpe_core.settings import Settings
 from zpe_core.store import open_store

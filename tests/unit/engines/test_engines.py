@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from zpe_client.models import QeCalcSpec, TaskSpec
 from zpe_core.engines import ENGINE_NAMES, get_engine
 from zpe_core.engines.mock import MockEngine, mock_energy_forces
 from zpe_core.engines.qe import QeEngine, _prepare_input_data, classify_failure
 from zpe_core.errors import ConfigurationError, EngineError
-from zpe_core.jobs.models import QeCalcSpec, TaskSpec
 from zpe_core.settings import Settings
 
 H2O_POSITIONS = [[0.0, 0.0, 0.119], [0.0, 0.763, -0.477], [0.0, -0.763, -0.477]]

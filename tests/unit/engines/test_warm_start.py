@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from zpe_client.models import QeCalcSpec, TaskSpec
 from zpe_core.engines import get_engine
 from zpe_core.engines.qe import (
     QeEngine,
@@ -24,7 +25,6 @@ from zpe_core.engines.qe import (
 )
 from zpe_core.errors import EngineError, ShippedOutdirError
 from zpe_core.jobs.compute import compute_task
-from zpe_core.jobs.models import QeCalcSpec, TaskSpec
 from zpe_core.jobs.runner import StoreDensities
 from zpe_core.physics.plan import pseudo_digest, task_key
 from zpe_core.settings import Settings

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from zpe_client.models import JobRequest, JobState, TaskState
 from zpe_core.errors import StoreUnavailable
-from zpe_core.jobs.models import JobRequest, JobState, TaskState
 from zpe_core.jobs.runner import run_task
 from zpe_core.jobs.service import JobService
 from zpe_core.settings import Settings

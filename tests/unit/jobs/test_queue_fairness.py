@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from zpe_core.errors import ErrorSource
-from zpe_core.jobs.models import ErrorInfo, JobRequest, RetryPolicy
+from zpe_client.models import ErrorInfo, ErrorSource, JobRequest
+from zpe_core.jobs.models import RetryPolicy
 from zpe_core.jobs.service import JobService
 from zpe_core.settings import Settings
 from zpe_core.store import open_store

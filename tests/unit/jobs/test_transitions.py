@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 import pytest
 
-from zpe_core.errors import ErrorSource, StaleLease
+from zpe_client.models import ErrorInfo, ErrorSource, TaskResult, TaskSpec, TaskState
+from zpe_core.errors import StaleLease
 from zpe_core.jobs import transitions
-from zpe_core.jobs.models import ErrorInfo, RetryPolicy, Task, TaskResult, TaskSpec, TaskState
+from zpe_core.jobs.models import RetryPolicy, Task
 
 T0 = 1_000_000.0
 POLICY = RetryPolicy(retry_max=3, backoff_base_seconds=10.0, backoff_cap_seconds=300.0)

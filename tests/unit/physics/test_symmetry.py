@@ -11,9 +11,10 @@ import pytest
 from ase import Atoms
 from ase.build import molecule
 
+from zpe_client.models import JobRequest, JobState, TaskResult, TaskSpec
 from zpe_core.dispatch.base import JobDispatcher
 from zpe_core.engines.mock import MockEngine
-from zpe_core.jobs.models import Job, JobRequest, JobState, Task, TaskResult, TaskSpec
+from zpe_core.jobs.models import Job, Task
 from zpe_core.jobs.service import DISPATCH_REQUESTS, JobService
 from zpe_core.physics.preview import preview_request
 from zpe_core.physics.symmetry import FORCE_TOLERANCE

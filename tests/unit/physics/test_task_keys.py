@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from zpe_client.models import JobRequest
 from zpe_core.errors import InputError
-from zpe_core.jobs.models import JobRequest
 from zpe_core.physics.plan import build_plan, task_key
 from zpe_core.physics.qe_input import parse_qe_input, select_mobile
 

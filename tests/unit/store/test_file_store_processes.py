@@ -5,7 +5,8 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
-from zpe_core.jobs.models import Job, JobRequest, StructureInfo
+from zpe_client.models import JobRequest
+from zpe_core.jobs.models import Job, StructureInfo
 from zpe_core.store import FileJobStore, open_store
 
 

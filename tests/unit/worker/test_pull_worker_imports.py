@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from zpe_client.models import TaskSpec
 from zpe_core.engines.base import MOCK_VERSION
-from zpe_core.jobs.models import TaskSpec
 
 SPEC = TaskSpec(
     engine="mock",

@@ -16,9 +16,9 @@ import pytest
 
 from zpe_client.compute import LeaseGranted
 from zpe_client.http import ApiClient
+from zpe_client.models import TaskSpec
 from zpe_core.errors import EngineError
 from zpe_core.jobs.compute import compute_task
-from zpe_core.jobs.models import TaskSpec
 from zpe_core.settings import Settings
 from zpe_worker.pull import Credentials, PullWorker, TokenFileMismatch, must_enroll
 

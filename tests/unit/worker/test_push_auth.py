@@ -22,8 +22,8 @@ from fastapi.testclient import TestClient
 from google.auth import crypt, jwt
 from pydantic import SecretStr
 
+from zpe_client.models import JobRequest, TaskState
 from zpe_core.errors import ConfigurationError, PushAuthError
-from zpe_core.jobs.models import JobRequest, TaskState
 from zpe_core.settings import Settings
 from zpe_worker.app import create_app
 from zpe_worker.auth import PushAuthenticator

@@ -9,7 +9,7 @@ defined here (the client package has its own, for what the API answers).
 
 from __future__ import annotations
 
-from zpe_client.models import ErrorSource as ErrorSource  # a wire value: the client owns it
+from zpe_client.models import ErrorSource
 
 
 class ZpeError(Exception):

@@ -36,6 +36,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from zpe_client.models import TaskState
 from zpe_core import __version__
 from zpe_core.bootstrap import worker_service
 from zpe_core.edge.body_limit import BodyLimit
@@ -48,7 +49,7 @@ from zpe_core.errors import (
     StoreUnavailable,
     ZpeError,
 )
-from zpe_core.jobs.models import Task, TaskState
+from zpe_core.jobs.models import Task
 from zpe_core.jobs.runner import Outcome, run_task
 from zpe_core.jobs.service import JobService
 from zpe_core.observability.logs import REQUEST_ID_HEADER, log_context, valid_request_id

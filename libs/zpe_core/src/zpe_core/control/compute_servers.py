@@ -25,10 +25,7 @@ import secrets
 
 from pydantic import BaseModel, Field
 
-from zpe_client.compute import NAME_PATTERN as NAME_PATTERN
-from zpe_client.compute import Capabilities as Capabilities
-from zpe_client.compute import Switch as Switch
-from zpe_client.compute import SwitchChange as SwitchChange
+from zpe_client.compute import Capabilities, Switch, SwitchChange
 from zpe_core.control.revocation import Revocable, revoke
 from zpe_core.edge.tokens import (
     digest_matches,

@@ -32,10 +32,10 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from zpe_client.compute import EVENT_ID_PATTERN
+from zpe_client.models import ErrorInfo, ErrorSource, JobState, TaskResult, TaskState
 from zpe_core.control.compute_servers import ComputeRegistry, ComputeServer
 from zpe_core.errors import (
     AlreadyExists,
-    ErrorSource,
     InputError,
     InputTooLarge,
     NotFound,
@@ -44,15 +44,7 @@ from zpe_core.errors import (
     StoreUnavailable,
     ZpeError,
 )
-from zpe_core.jobs.models import (
-    DEFAULT_TARGET,
-    ErrorInfo,
-    JobState,
-    Task,
-    TaskResult,
-    TaskState,
-    now,
-)
+from zpe_core.jobs.models import DEFAULT_TARGET, Task, now
 from zpe_core.jobs.service import JobService
 from zpe_core.physics.plan import is_reference
 from zpe_core.store.base import queue_lane

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from zpe_core.jobs.models import TaskResult, TaskSpec
+from zpe_client.models import TaskResult, TaskSpec
 
 MOCK_VERSION = "mock-1"
 """The mock engine's version; here so the control plane knows it without importing it."""

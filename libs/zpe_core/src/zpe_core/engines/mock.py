@@ -26,9 +26,9 @@ from ase import Atoms, units
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import atomic_masses, atomic_numbers, covalent_radii
 
+from zpe_client.models import TaskResult, TaskSpec
 from zpe_core.engines.base import MOCK_VERSION, Engine
 from zpe_core.errors import EngineError
-from zpe_core.jobs.models import TaskResult, TaskSpec
 
 # (r0 Å, D eV, target harmonic wavenumber cm^-1) per unordered pair of symbols.
 _PAIRS: dict[frozenset[str], tuple[float, float, float]] = {

@@ -43,9 +43,9 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.espresso import Espresso, EspressoProfile
 
+from zpe_client.models import TaskResult, TaskSpec
 from zpe_core.engines.base import Engine
 from zpe_core.errors import EngineError, InputError, ShippedOutdirError
-from zpe_core.jobs.models import TaskResult, TaskSpec
 from zpe_core.physics.namelists import (
     PW_DEFAULT_CONV_THR_RY,
     InputLimits,

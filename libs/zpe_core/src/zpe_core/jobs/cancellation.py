@@ -6,8 +6,9 @@ one job cancels a task only once no other active job waits for it.
 
 from __future__ import annotations
 
+from zpe_client.models import JobState, TaskState
 from zpe_core.errors import StateConflict
-from zpe_core.jobs.models import Job, JobState, Task, TaskState, now
+from zpe_core.jobs.models import Job, Task, now
 from zpe_core.jobs.outcomes import with_done_tasks
 from zpe_core.jobs.queries import JobQueries
 from zpe_core.store.base import JobStore

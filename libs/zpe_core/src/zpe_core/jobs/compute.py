@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
+from zpe_client.models import TaskResult, TaskSpec
 from zpe_core.engines import Engine, get_engine
 from zpe_core.errors import EngineError, InputError
-from zpe_core.jobs.models import TaskResult, TaskSpec
 from zpe_core.physics.namelists import recheck_task_spec, refused_spec
 from zpe_core.settings import ComputeSettings
 

@@ -15,19 +15,10 @@ import logging
 import numpy as np
 from ase import Atoms
 
-from zpe_core.errors import AlreadyExists, ErrorSource, StoreUnavailable, ZpeError
+from zpe_client.models import ErrorInfo, ErrorSource, JobState, JobSummary
+from zpe_core.errors import AlreadyExists, StoreUnavailable, ZpeError
 from zpe_core.jobs.dispatching import TaskDispatch
-from zpe_core.jobs.models import (
-    DerivedPoint,
-    DispatchRequest,
-    ErrorInfo,
-    Job,
-    JobState,
-    JobSummary,
-    TaskRef,
-    error_info,
-    now,
-)
+from zpe_core.jobs.models import DerivedPoint, DispatchRequest, Job, TaskRef, error_info, now
 from zpe_core.jobs.outcomes import TaskOutcomes, with_done_tasks
 from zpe_core.jobs.submission import Submission
 from zpe_core.physics.analysis import Displacement, analyze, displaced_positions

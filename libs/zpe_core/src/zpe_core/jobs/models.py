@@ -24,18 +24,16 @@ from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
-# The wire models (what users and workers send and read) live in the client package;
-# the core's records below are built from them.
-from zpe_client.models import MAX_LABEL_LENGTH as MAX_LABEL_LENGTH
-from zpe_client.models import AttemptRecord as AttemptRecord
-from zpe_client.models import ErrorInfo as ErrorInfo
-from zpe_client.models import JobRequest as JobRequest
-from zpe_client.models import JobState as JobState
-from zpe_client.models import JobSummary as JobSummary
-from zpe_client.models import QeCalcSpec as QeCalcSpec
-from zpe_client.models import TaskResult as TaskResult
-from zpe_client.models import TaskSpec as TaskSpec
-from zpe_client.models import TaskState as TaskState
+from zpe_client.models import (
+    AttemptRecord,
+    ErrorInfo,
+    JobRequest,
+    JobState,
+    JobSummary,
+    TaskResult,
+    TaskSpec,
+    TaskState,
+)
 from zpe_core.errors import ZpeError
 
 #: The pull target of jobs that name none (and of servers enrolled without targets).

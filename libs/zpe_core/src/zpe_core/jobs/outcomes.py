@@ -21,8 +21,9 @@ import logging
 import threading
 from collections.abc import Callable, Collection
 
-from zpe_core.errors import ErrorSource, NotFound, StoreUnavailable
-from zpe_core.jobs.models import ErrorInfo, Job, JobState, Task, TaskState, now
+from zpe_client.models import ErrorInfo, ErrorSource, JobState, TaskState
+from zpe_core.errors import NotFound, StoreUnavailable
+from zpe_core.jobs.models import Job, Task, now
 from zpe_core.observability import metrics
 from zpe_core.store.base import JobStore
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 
+from zpe_client.models import JobState
 from zpe_core.errors import InputError, NotFound, StateConflict
-from zpe_core.jobs.models import Job, JobState, hill_formula
+from zpe_core.jobs.models import Job, hill_formula
 from zpe_core.physics.artifacts import ARTIFACT_NAMES
 from zpe_core.store.base import JobStore
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 import functools
 import logging
 
-from zpe_core.errors import ErrorSource, StoreUnavailable, ZpeError
+from zpe_client.models import ErrorInfo, ErrorSource, TaskState
+from zpe_core.errors import StoreUnavailable, ZpeError
 from zpe_core.jobs import transitions
 from zpe_core.jobs.cancellation import Cancellation
 from zpe_core.jobs.dispatching import TaskDispatch
 from zpe_core.jobs.finalize import DISPATCH_REQUESTS, Finalizer
-from zpe_core.jobs.models import DispatchRequest, ErrorInfo, Job, Task, TaskState, error_info, now
+from zpe_core.jobs.models import DispatchRequest, Job, Task, error_info, now
 from zpe_core.jobs.outcomes import TaskOutcomes, done_task_ids, is_complete
 from zpe_core.jobs.submission import Submission
 from zpe_core.observability import metrics

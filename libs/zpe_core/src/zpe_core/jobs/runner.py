@@ -16,9 +16,10 @@ import time
 from collections.abc import Callable
 from enum import StrEnum
 
+from zpe_client.models import TaskSpec
 from zpe_core.errors import EngineError, StateConflict, ZpeError
 from zpe_core.jobs.compute import compute_task
-from zpe_core.jobs.models import Task, TaskSpec, error_info
+from zpe_core.jobs.models import Task, error_info
 from zpe_core.jobs.service import JobService
 from zpe_core.observability.logs import bind, log_context
 from zpe_core.store.base import JobStore

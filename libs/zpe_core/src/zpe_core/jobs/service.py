@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from zpe_client.models import ErrorInfo, JobRequest
 from zpe_core.dispatch.base import JobDispatcher
 from zpe_core.jobs.cancellation import Cancellation
 from zpe_core.jobs.dispatching import TaskDispatch
 from zpe_core.jobs.engine_versions import EngineVersions
 from zpe_core.jobs.finalize import DISPATCH_REQUESTS, Finalizer
-from zpe_core.jobs.models import ErrorInfo, Job, JobRequest, Task
+from zpe_core.jobs.models import Job, Task
 from zpe_core.jobs.outcomes import TaskOutcomes, done_task_ids
 from zpe_core.jobs.queries import JobQueries
 from zpe_core.jobs.repair import Repair

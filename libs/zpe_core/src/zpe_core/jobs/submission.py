@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 
+from zpe_client.models import JobRequest, TaskSpec, TaskState
 from zpe_core.errors import AlreadyExists, StateConflict, StoreUnavailable
 from zpe_core.jobs import transitions
 from zpe_core.jobs.dispatching import TaskDispatch
 from zpe_core.jobs.engine_versions import EngineVersions
-from zpe_core.jobs.models import DEFAULT_TARGET, Job, JobRequest, Task, TaskSpec, TaskState, now
+from zpe_core.jobs.models import DEFAULT_TARGET, Job, Task, now
 from zpe_core.jobs.outcomes import TaskOutcomes
 from zpe_core.jobs.targets import TargetAccess
 from zpe_core.physics.analysis import displacements

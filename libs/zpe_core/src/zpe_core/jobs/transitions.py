@@ -56,17 +56,9 @@ from __future__ import annotations
 import secrets
 from typing import Literal
 
-from zpe_core.errors import ErrorSource, StaleLease
-from zpe_core.jobs.models import (
-    AttemptRecord,
-    ErrorInfo,
-    Lease,
-    RetryPolicy,
-    Task,
-    TaskResult,
-    TaskState,
-    now,
-)
+from zpe_client.models import AttemptRecord, ErrorInfo, ErrorSource, TaskResult, TaskState
+from zpe_core.errors import StaleLease
+from zpe_core.jobs.models import Lease, RetryPolicy, Task, now
 
 
 def retry_or_dead_letter(

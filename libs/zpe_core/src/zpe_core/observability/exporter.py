@@ -20,8 +20,9 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
+from zpe_client.models import JobState
 from zpe_core.extras import missing_extra
-from zpe_core.jobs.models import JobState, now
+from zpe_core.jobs.models import now
 from zpe_core.observability.metrics import REGISTRY
 
 try:

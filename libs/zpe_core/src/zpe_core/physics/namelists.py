@@ -33,8 +33,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from zpe_client.models import TaskSpec
 from zpe_core.errors import EngineError, InputError
-from zpe_core.jobs.models import TaskSpec
 
 Role = Literal["passed", "owned", "dropped"]
 Kind = type[bool] | type[int] | type[float] | type[str]

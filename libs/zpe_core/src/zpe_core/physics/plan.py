@@ -22,8 +22,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from zpe_client.models import JobRequest, QeCalcSpec, TaskSpec
 from zpe_core.errors import InputError
-from zpe_core.jobs.models import JobRequest, QeCalcSpec, StructureInfo, TaskRef, TaskSpec
+from zpe_core.jobs.models import StructureInfo, TaskRef
 from zpe_core.physics.analysis import Displacement, displaced_positions, displacements
 from zpe_core.physics.namelists import role_of
 from zpe_core.physics.qe_input import ParsedInput, check_species_labels

@@ -14,8 +14,9 @@ from typing import Literal, Protocol, get_args
 from ase.neighborlist import neighbor_list
 from pydantic import BaseModel, Field
 
+from zpe_client.models import JobRequest
 from zpe_core.errors import InputError
-from zpe_core.jobs.models import JobRequest, hill_formula
+from zpe_core.jobs.models import hill_formula
 from zpe_core.physics.analysis import (
     PARTIAL_FREE_MOLECULE,
     displacements,

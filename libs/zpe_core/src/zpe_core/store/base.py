@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from zpe_client.models import ErrorInfo, TaskResult, TaskState
 from zpe_core.errors import (
     AlreadyExists,
     ArtifactTooLarge,
@@ -48,17 +49,7 @@ from zpe_core.errors import (
     StoreUnavailable,
 )
 from zpe_core.jobs import transitions
-from zpe_core.jobs.models import (
-    DEFAULT_TARGET,
-    ErrorInfo,
-    Job,
-    RetryPolicy,
-    Task,
-    TaskResult,
-    TaskState,
-    Versioned,
-    now,
-)
+from zpe_core.jobs.models import DEFAULT_TARGET, Job, RetryPolicy, Task, Versioned, now
 from zpe_core.observability.metrics import count_store_error
 
 M = TypeVar("M", bound=BaseModel)

@@ -16,10 +16,11 @@ from zpe_client.compute import (
     DeadLetterList,
     Requeued,
     RequeueRequest,
+    Switch,
     SwitchesUpdate,
     SwitchesView,
 )
-from zpe_core.control.compute_servers import ComputeRegistry, Switch
+from zpe_core.control.compute_servers import ComputeRegistry
 from zpe_core.jobs.models import Task
 
 router = APIRouter(prefix="/calc/zpe/admin", tags=["admin"])

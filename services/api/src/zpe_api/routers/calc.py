@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 
 from zpe_api.deps import SettingsDep, poll_limit
 from zpe_api.problems import problem_responses
-from zpe_core.jobs.models import JobRequest
+from zpe_client.models import JobRequest
 from zpe_core.physics.preview import ClientConfig, InputPreview, client_config, preview_request
 
 # Part of the user API: the caller is identified as for jobs (in ``ZPE_AUTH_MODE=api-keys``

@@ -18,10 +18,10 @@ from zpe_api.deps import (
     status_cache,
 )
 from zpe_api.problems import problem_responses
-from zpe_client.models import JobCreated, JobList, JobStatus, Progress, TaskStates
+from zpe_client.models import JobCreated, JobList, JobRequest, JobStatus, Progress, TaskStates
 from zpe_core.control.limits import check_active_jobs
 from zpe_core.errors import InputError
-from zpe_core.jobs.models import Job, JobRequest, hill_formula, now
+from zpe_core.jobs.models import Job, hill_formula, now
 from zpe_core.physics.artifacts import ARTIFACT_MEDIA_TYPES, ARTIFACT_NAMES
 
 router = APIRouter(
