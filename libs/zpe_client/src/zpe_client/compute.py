@@ -11,10 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
 
-from zpe_client.models import AttemptRecord, ErrorInfo, TaskResult, TaskSpec
+from zpe_client.models import NAME_PATTERN, AttemptRecord, ErrorInfo, TaskResult, TaskSpec
 
-#: A compute server's name, a pull target.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 #: An idempotency id of a worker's post (a retried post carries the same one).
 EVENT_ID_PATTERN = r"^[A-Za-z0-9._-]{8,100}$"
 

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 #: Longest job label accepted.
 MAX_LABEL_LENGTH = 200
+#: A compute server's name, a pull target (a job's ``target``, a server's ``name``).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
 
 class ErrorSource(StrEnum):
@@ -102,7 +104,7 @@ class JobRequest(BaseModel):
     )
     target: str | None = Field(
         default=None,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
+        pattern=NAME_PATTERN,
         description="Pull workers: the compute-server target that may run it; default 'default'.",
     )
     label: str | None = Field(
