@@ -34,7 +34,7 @@ import random
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -56,6 +56,7 @@ M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_MAX_ARTIFACT_BYTES = 16 * 1024 * 1024
 _CAS_ATTEMPTS = 200
+_LEASES_REMEMBERED = 10_000
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,9 @@ class JobStore(ABC):
     def __init__(self, *, max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES):
         self.max_artifact_bytes = max_artifact_bytes
         self._known_lanes: set[str] = set()  # lanes this process indexed (one write each)
+        # The record of each task this process leased, as it last wrote it (claim,
+        # heartbeat): the commit's first guess, which saves it a read.
+        self._leased: dict[str, Versioned[Task]] = {}
 
     # ------------------------------------------------------------------ primitives
 
@@ -155,6 +159,31 @@ class JobStore(ABC):
     def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the backend answers."""
 
+    def _swap_and_mark(
+        self,
+        key: str,
+        value: bytes,
+        expected_rev: int,
+        *,
+        create: Sequence[str] = (),
+        delete: Sequence[str] = (),
+    ) -> int:
+        """``_swap``, then create the empty markers ``create`` (create-only: one that is
+        there is left as it is) and delete the keys ``delete``; return the new revision.
+
+        Nothing is written if the swap fails (``StoreConflict``). Here the writes follow
+        one another, so an outage or a crash after the swap leaves markers unwritten
+        (what ``reconcile`` repairs); a backend that can make them one atomic round trip
+        overrides this (Redis).
+        """
+        rev = self._swap(key, value, expected_rev)
+        for marker in create:
+            with contextlib.suppress(AlreadyExists):
+                self._create(marker, b"")
+        for marker in delete:
+            self._delete(marker)
+        return rev
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections (optional)."""
 
@@ -175,28 +204,58 @@ class JobStore(ABC):
             return None
         return Versioned(model.model_validate_json(found[0]), found[1])
 
-    def _mutate(self, key: str, model: type[M], change: Callable[[M], M | None]) -> Mutation[M]:
+    def _mutate(
+        self,
+        key: str,
+        model: type[M],
+        change: Callable[[M], M | None],
+        *,
+        markers: Callable[[M], tuple[list[str], list[str]]] | None = None,
+        guess: Versioned[M] | None = None,
+    ) -> Mutation[M]:
         """Read-modify-write with compare-and-swap, retried on conflict.
 
         ``change`` receives a private copy and returns the new record, or ``None``
         to leave the record as it is (``wrote`` False). It may raise to abort; nothing
         is written. On a lost compare-and-swap it runs again on the newer record, so
-        whether it wrote is only known from the result.
+        whether it wrote is only known from the result. ``markers`` names, for the new
+        record, the markers to create and the keys to delete with the write
+        (``_swap_and_mark``). ``guess``: the record as this process last wrote it, tried
+        first instead of a read; the compare-and-swap proves it current, and if it is
+        not (or ``change`` does not apply to it) the record is read as usual.
         """
         _require_safe_key(key)
         for attempt in range(_CAS_ATTEMPTS):
-            current = self._get_model(key, model)
+            guessed, current = guess is not None, guess or self._get_model(key, model)
+            guess = None
             if current is None:
                 raise NotFound(f"{key.split('/')[0].rstrip('s')} {key.split('/', 1)[-1]} not found")
-            updated = change(current.value.model_copy(deep=True))
+            try:
+                updated = change(current.value.model_copy(deep=True))
+            except Exception:
+                if guessed:
+                    continue  # judged on a record that may be stale: read it
+                raise
             if updated is None:
+                if guessed:
+                    continue
                 return Mutation(current.value, current.rev, wrote=False)
             if hasattr(updated, "updated_at"):
                 updated.updated_at = now()
+            payload = updated.model_dump_json().encode()
             try:
-                rev = self._swap(key, updated.model_dump_json().encode(), current.rev)
+                if markers is None:
+                    rev = self._swap(key, payload, current.rev)
+                else:
+                    create, delete = markers(updated)
+                    for marker in (*create, *delete):
+                        _require_safe_key(marker)
+                    rev = self._swap_and_mark(
+                        key, payload, current.rev, create=create, delete=delete
+                    )
             except StoreConflict:
-                time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+                if not guessed:
+                    time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
                 continue
             return Mutation(updated, rev, wrote=True)
         raise StoreUnavailable(f"too much contention updating {key}; try again")
@@ -431,23 +490,30 @@ class JobStore(ABC):
         Returns the leased task (with its new ``epoch``) or ``None`` if someone
         else holds it or it is settled. Exactly one concurrent caller wins.
         """
-        result = self.mutate_task(
-            task_id,
+        result = self._mutate(
+            f"tasks/{task_id}",
+            Task,
             lambda task: transitions.claim(
                 task, worker_id, lease_seconds, ignore_ready_at=ignore_ready_at
             ),
+            markers=lambda task: ([f"leases/{task_id}"], []),  # so the reaper sees the lease
         )
         if not result.wrote:
             return None
-        self.track_lease(task_id)
+        self._remember_lease(task_id, result)
         return result.value
+
+    def _remember_lease(self, task_id: str, written: Versioned[Task]) -> None:
+        if len(self._leased) >= _LEASES_REMEMBERED:
+            self._leased.clear()  # leases never settled here (lost, or given up): forget them
+        self._leased[task_id] = Versioned(written.value, written.rev)
 
     def track_lease(self, task_id: str) -> None:
         """Make sure the reaper sees the lease of ``task_id`` (its ``leases/`` marker).
 
-        The marker is written after the claim's compare-and-swap, so an outage between the
-        two leaves a leased task the reaper cannot find; ``reconcile`` calls this for every
-        leased task whose lease has expired.
+        The claim writes the marker with its compare-and-swap (``_swap_and_mark``); where
+        that is two writes, an outage between them leaves a leased task the reaper cannot
+        find, and ``reconcile`` calls this for every leased task whose lease has expired.
         """
         with contextlib.suppress(AlreadyExists):
             self._create(f"leases/{task_id}", b"")
@@ -520,7 +586,10 @@ class JobStore(ABC):
     def heartbeat(self, task_id: str, epoch: int, lease_seconds: float) -> Task:
         """Extend a live lease; raises ``StaleLease`` if ``epoch`` is not current."""
         change = functools.partial(transitions.heartbeat, epoch=epoch, lease_seconds=lease_seconds)
-        return self.mutate_task(task_id, change).value
+        extended = self.mutate_task(task_id, change)
+        if extended.wrote:
+            self._remember_lease(task_id, extended)
+        return extended.value
 
     def commit_result(self, task_id: str, epoch: int, result: TaskResult) -> tuple[Task, bool]:
         """Record a result under a live lease.
@@ -528,9 +597,25 @@ class JobStore(ABC):
         Returns ``(task, committed)``: ``committed`` is True for the one call that
         moved the task to done. A repeat by the same epoch after it committed is
         answered ``(task, False)``; any other stale epoch raises ``StaleLease``.
+
+        The write that commits also marks the task done for every job subscribed to
+        it (``done/<job>/<task>``, as ``mark_tasks_done``) and drops its lease marker, so
+        a call that returns ``committed`` has recorded the task's outcome for its jobs.
         """
-        done = self.mutate_task(task_id, lambda task: transitions.commit(task, epoch, result))
-        self._delete(f"leases/{task_id}")
+
+        def markers(task: Task) -> tuple[list[str], list[str]]:
+            jobs = [job_id for job_id in dict.fromkeys(task.subscribers) if _safe_id(job_id)]
+            return [f"done/{job_id}/{task_id}" for job_id in jobs], [f"leases/{task_id}"]
+
+        done = self._mutate(
+            f"tasks/{task_id}",
+            Task,
+            lambda task: transitions.commit(task, epoch, result),
+            markers=markers,
+            guess=self._leased.pop(task_id, None),
+        )
+        if not done.wrote:
+            self._delete(f"leases/{task_id}")  # a repeat: the marker may have outlived a crash
         return done.value, done.wrote
 
     def fail_task(
@@ -551,6 +636,7 @@ class JobStore(ABC):
         def change(task: Task) -> Task | None:
             return transitions.fail(task, epoch, error, retryable=retryable, policy=policy)
 
+        self._leased.pop(task_id, None)
         task = self.mutate_task(task_id, change).value
         self._delete(f"leases/{task_id}")
         if task.state is TaskState.QUEUED:
@@ -559,6 +645,7 @@ class JobStore(ABC):
 
     def release_task(self, task_id: str, epoch: int) -> Task:
         """Give a lease back without counting an attempt (graceful shutdown)."""
+        self._leased.pop(task_id, None)
         change = functools.partial(transitions.release, epoch=epoch)
         task = self.mutate_task(task_id, change).value
         self._delete(f"leases/{task_id}")
@@ -718,6 +805,7 @@ _PRIMITIVES = (
     "_read",
     "_revision",
     "_swap",
+    "_swap_and_mark",
     "_delete",
     "_list",
     "_count",
