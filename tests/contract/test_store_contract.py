@@ -381,6 +381,24 @@ def test_job_revision_is_that_of_the_record(store: JobStore) -> None:
     assert store.job_revision("../jobs") is None
 
 
+def test_create_many_is_create_only_per_key(store: JobStore) -> None:
+    ns = f"c{uuid.uuid4().hex[:10]}"
+    store._create(f"{ns}/b", b"old")
+    revisions = store._create_many([(f"{ns}/a", b"1"), (f"{ns}/b", b"2"), (f"{ns}/c", b"3")])
+    assert revisions[1] is None and revisions[0] is not None and revisions[2] is not None
+    assert store._read(f"{ns}/a") == (b"1", revisions[0])
+    assert store._read(f"{ns}/b") is not None and store._read(f"{ns}/b")[0] == b"old"  # type: ignore[index]
+    assert store._read(f"{ns}/c") == (b"3", revisions[2])
+    assert store._create_many([]) == []
+    tasks = [make_task(), make_task()]
+    store.create_task(tasks[1])
+    created = store.create_tasks(tasks)
+    assert created[0] is not None and created[1] is None
+    lane = queue_lane("default", "mock", tasks[0].spec.engine_version)
+    markers = store._list(f"queue/{lane}/")
+    assert any(key.endswith(tasks[0].task_id) for key in markers)  # a worker can find it
+
+
 def test_swap_and_mark_writes_its_markers_only_with_the_swap(store: JobStore) -> None:
     ns = f"m{uuid.uuid4().hex[:10]}"
     rev = store._create(f"{ns}/record", b"v1")

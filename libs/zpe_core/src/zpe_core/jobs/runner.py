@@ -184,5 +184,5 @@ def _run_task(
             "task committed",
             extra={**extra, "seconds": round(time.monotonic() - started, 3)},
         )
-        service.task_succeeded(committed_task, marked=True)
+        service.task_succeeded(committed_task, marked=True, jobs=jobs)
     return Outcome.COMMITTED

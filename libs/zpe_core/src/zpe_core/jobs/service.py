@@ -143,8 +143,10 @@ class JobService:
     def task_started(self, task: Task, jobs: list[Job] | None = None) -> None:
         self.outcomes.task_started(task, jobs)
 
-    def task_succeeded(self, task: Task, *, marked: bool = False) -> None:
-        self.outcomes.task_succeeded(task, marked=marked)
+    def task_succeeded(
+        self, task: Task, *, marked: bool = False, jobs: list[Job] | None = None
+    ) -> None:
+        self.outcomes.task_succeeded(task, marked=marked, jobs=jobs)
 
     def task_failed(self, task: Task) -> None:
         self.outcomes.task_failed(task)

@@ -159,6 +159,21 @@ class JobStore(ABC):
     def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the backend answers."""
 
+    def _create_many(self, items: Sequence[tuple[str, bytes]]) -> list[int | None]:
+        """``_create`` of each ``(key, value)``: its revision, or None where the key existed.
+
+        Each create is create-only on its own; the batch is not atomic (a crash may leave
+        the first few). One after the other here; a backend may send them in one round
+        trip (Redis: a pipeline).
+        """
+        revisions: list[int | None] = []
+        for key, value in items:
+            try:
+                revisions.append(self._create(key, value))
+            except AlreadyExists:
+                revisions.append(None)
+        return revisions
+
     def _swap_and_mark(
         self,
         key: str,
@@ -426,6 +441,22 @@ class JobStore(ABC):
             self.mark_ready(task)
         return Versioned(task, rev)
 
+    def create_tasks(self, tasks: Sequence[Task]) -> list[Versioned[Task] | None]:
+        """``create_task`` for several tasks in two batched writes (``_create_many``: the
+        records, then the ready markers of those created queued): each task as created,
+        or None where its content key was known already."""
+        revisions = self._create_many(
+            [(f"tasks/{task.task_id}", task.model_dump_json().encode()) for task in tasks]
+        )
+        created = [
+            None if rev is None else Versioned(task, rev)
+            for task, rev in zip(tasks, revisions, strict=True)
+        ]
+        self._mark_ready_many(
+            [made.value for made in created if made and made.value.state is TaskState.QUEUED]
+        )
+        return created
+
     def get_task(self, task_id: str) -> Versioned[Task] | None:
         if not _safe_id(task_id):
             return None
@@ -444,10 +475,16 @@ class JobStore(ABC):
 
         Markers are hints; the task record decides.
         """
-        for lane in task_lanes(task):
-            self._register_lane(lane)
-            with contextlib.suppress(AlreadyExists):
-                self._create(f"queue/{lane}/{_ms(task.ready_at)}-{task.task_id}", b"")
+        self._mark_ready_many([task])
+
+    def _mark_ready_many(self, tasks: Sequence[Task]) -> None:
+        markers: list[tuple[str, bytes]] = []
+        for task in tasks:
+            for lane in task_lanes(task):
+                self._register_lane(lane)
+                markers.append((f"queue/{lane}/{_ms(task.ready_at)}-{task.task_id}", b""))
+        if markers:
+            self._create_many(markers)
 
     def _register_lane(self, lane: str) -> None:
         """Index a lane (``lanes/<engine digest>-<target>``) once, for scans of every lane."""
@@ -802,6 +839,7 @@ class JobStore(ABC):
 
 _PRIMITIVES = (
     "_create",
+    "_create_many",
     "_read",
     "_revision",
     "_swap",

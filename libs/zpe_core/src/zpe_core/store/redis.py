@@ -205,6 +205,18 @@ class RedisJobStore(JobStore):
             raise AlreadyExists(key)
         return rev
 
+    def _create_many(self, items: Sequence[tuple[str, bytes]]) -> list[int | None]:
+        """Every create in one pipeline (one round trip; each script atomic on its own)."""
+        if not items:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for key, value in items:
+            self._create_script(
+                keys=[self._record(key), self._index, self._counter], args=[value, key], client=pipe
+            )
+        revisions = self._call("create", pipe.execute)
+        return [None if int(rev) < 0 else int(rev) for rev in revisions]
+
     def _read(self, key: str) -> tuple[bytes, int] | None:
         value, rev = self._call("read", lambda: self.client.hmget(self._record(key), "v", "r"))
         if value is None or rev is None:
