@@ -12,6 +12,10 @@ Semantics every backend guarantees (the contract suite in
   ``start_after``.
 * Any failure to reach the backend raises ``StoreUnavailable``.
 
+Two more, ``_create_many`` (creates in one batch) and ``_swap_and_mark`` (a swap with
+the markers it implies), have defaults built on those; a backend overrides them to save
+round trips (Redis: a pipeline, one Lua script), never to change what they write.
+
 Backends implement only these primitives (plus blobs and ``ping``); every
 typed operation below (jobs, tasks, leases, the ready queue, idempotency keys,
 artifacts) is built on them once, here, so all backends behave alike.
