@@ -547,7 +547,8 @@ class JobStore(ABC):
     def _remember_lease(self, task_id: str, written: Versioned[Task]) -> None:
         if len(self._leased) >= _LEASES_REMEMBERED:
             self._leased.clear()  # leases never settled here (lost, or given up): forget them
-        self._leased[task_id] = Versioned(written.value, written.rev)
+        # A copy: the caller's task may be changed in place; the guess must stay as written.
+        self._leased[task_id] = Versioned(written.value.model_copy(deep=True), written.rev)
 
     def track_lease(self, task_id: str) -> None:
         """Make sure the reaper sees the lease of ``task_id`` (its ``leases/`` marker).
