@@ -113,6 +113,8 @@ class JobStore(ABC):
     #: network that can stall): an event loop may call them directly instead of paying a
     #: thread-pool hop (the API's status poll).
     local_reads: bool = False
+    #: Whether a commit first tries the record its claim wrote instead of reading it.
+    commit_from_claim: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Count ``StoreUnavailable`` of every backend's primitives (``zpe_store_errors_total``)."""
@@ -654,7 +656,7 @@ class JobStore(ABC):
             Task,
             lambda task: transitions.commit(task, epoch, result),
             markers=markers,
-            guess=self._leased.pop(task_id, None),
+            guess=self._leased.pop(task_id, None) if self.commit_from_claim else None,
         )
         if not done.wrote:
             self._delete(f"leases/{task_id}")  # a repeat: the marker may have outlived a crash
