@@ -36,6 +36,7 @@ import itertools
 import json
 import random
 import re
+import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -404,8 +405,11 @@ class JobStore(ABC):
     def claim_finalizer(self, job_id: str, total_tasks: int) -> bool:
         """Whether this caller finishes the job at ``total_tasks`` tasks (exactly one
         caller per job and size gets True; a job that grows gets a new election)."""
+        # A value of this call's own: a backend that retries a create after a lost answer
+        # (GCS: 429, then 412) takes a marker holding its bytes for its own write, so an
+        # empty marker would elect every caller whose create was retried.
         try:
-            self._create(f"finalizing/{job_id}/{total_tasks}", b"")
+            self._create(f"finalizing/{job_id}/{total_tasks}", secrets.token_hex(16).encode())
         except AlreadyExists:
             return False
         return True
