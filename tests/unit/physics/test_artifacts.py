@@ -75,7 +75,7 @@ def test_modes_xyz_is_what_ase_writes_for_its_frames(sample: str) -> None:
 
     import ase.io
 
-    from zpe_core.jobs.models import JobRequest, JobState
+    from zpe_client.models import JobRequest, JobState
     from zpe_core.jobs.runner import run_task
     from zpe_core.jobs.service import JobService
     from zpe_core.settings import Settings
