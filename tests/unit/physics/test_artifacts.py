@@ -81,7 +81,7 @@ def test_modes_xyz_is_what_ase_writes_for_its_frames(sample: str) -> None:
     from zpe_core.settings import Settings
     from zpe_core.store.memory import MemoryJobStore
 
-    text = (Path(__file__).resolve().parents[2] / "samples" / sample).read_text()
+    text = (Path(__file__).resolve().parents[3] / "samples" / sample).read_text()
     service = JobService(MemoryJobStore(), None, Settings(default_engine="mock"))
     job, _ = service.submit(JobRequest(input_text=text, engine="mock"), owner="alice")
     for task_id in dict.fromkeys(ref.task_id for ref in job.tasks):
