@@ -7,8 +7,9 @@ each, nothing shared: ``queue_throughput.job_body``) through ``JobService(store,
 settings)`` and runs every task with ``run_task`` in this one thread, as a process of
 the in-process pool does (no dispatch, no pool hand-off: ``bench/queue_throughput.py``
 measures those).
-Every store primitive is counted by operation and key kind (``tasks``, ``jobs``,
-``done``, ...), apart for submission and for running the tasks (finalizing included).
+Every store primitive call (a ``_create_many`` batch: one) is counted by operation and
+key kind (``tasks``, ``jobs``, ``done``, ...), apart for submission and for running the
+tasks (finalizing included).
 Prints round trips and writes per task and per job, the CPU and wall time per task, and
 with ``--profile N`` the N functions of most cumulative time while running tasks.
 """
@@ -38,7 +39,7 @@ from zpe_core.jobs.service import JobService  # noqa: E402
 from zpe_core.settings import Settings  # noqa: E402
 from zpe_core.store import JobStore, open_store  # noqa: E402
 
-WRITES = ("_create", "_swap", "_swap_and_mark", "_delete", "_put_blob")
+WRITES = ("_create", "_create_many", "_swap", "_swap_and_mark", "_delete", "_put_blob")
 PRIMITIVES = (*WRITES, "_read", "_list", "_get_blob")
 
 
@@ -47,8 +48,9 @@ def count_calls(store: JobStore) -> Counter[tuple[str, str]]:
     calls: Counter[tuple[str, str]] = Counter()
 
     def wrap(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
-        def counted(key: str, *args: Any, **kwargs: Any) -> Any:
-            calls[(name.lstrip("_"), key.split("/", 1)[0])] += 1
+        def counted(key: Any, *args: Any, **kwargs: Any) -> Any:
+            first = key[0][0] if name == "_create_many" and key else str(key)  # one batch
+            calls[(name.lstrip("_"), first.split("/", 1)[0])] += 1
             return method(key, *args, **kwargs)
 
         return counted

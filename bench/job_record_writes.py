@@ -11,7 +11,8 @@ counter (``tests/fixtures/store_writes.py``) and runs its tasks with ``run_task`
 attempts, refused compare-and-swaps included), the most writes to any task record and
 to any key at all, and the wall time. With ``--rate-limited-threads`` it then runs the
 job on GCS through the proxy that answers 429 to a second write of one object within
-1 s (``tests/fixtures/gcs_rate_limit.py``) and prints its time, 429s and errors.
+1 s (``tests/fixtures/gcs_rate_limit.py``) and prints its time, 429s and errors, and
+the writes and 429s per kind of key (``artifacts`` writes / 6: how many finished the job).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import sys
 import tempfile
 import uuid
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,6 +96,26 @@ def main() -> None:
                 f"{sum(proxy.refused.values())} writes answered 429, "
                 f"job record written {proxy.forwarded_writes[job_name]} times"
             )
+            print_writes_by_kind(proxy, store_429)
+
+
+def print_writes_by_kind(proxy: RateLimitedGcs, store: GcsJobStore) -> None:
+    """Writes let through and 429s per kind of key (``tasks``, ``leases``, ``finalizing``,
+    ``artifacts``, ...): which objects the limit hit, and how hard."""
+    writes: Counter[str] = Counter()
+    refused: Counter[str] = Counter()
+    most: Counter[str] = Counter()
+    for counter, tally in ((proxy.forwarded_writes, writes), (proxy.refused, refused)):
+        for name, n in counter.items():
+            key = name.removeprefix(store._records).removeprefix(store._blobs)
+            tally[key.split("/", 1)[0]] += n
+            if counter is proxy.refused:
+                most[key.split("/", 1)[0]] = max(most[key.split("/", 1)[0]], n)
+    for kind in sorted(writes | refused):
+        print(
+            f"  {kind:12} writes {writes[kind]:5d}, 429s {refused[kind]:4d} "
+            f"(at most {most[kind]} on one object)"
+        )
 
 
 if __name__ == "__main__":

@@ -381,6 +381,70 @@ def test_job_revision_is_that_of_the_record(store: JobStore) -> None:
     assert store.job_revision("../jobs") is None
 
 
+def test_create_many_is_create_only_per_key(store: JobStore) -> None:
+    ns = f"c{uuid.uuid4().hex[:10]}"
+    store._create(f"{ns}/b", b"old")
+    revisions = store._create_many([(f"{ns}/a", b"1"), (f"{ns}/b", b"2"), (f"{ns}/c", b"3")])
+    assert revisions[1] is None and revisions[0] is not None and revisions[2] is not None
+    assert store._read(f"{ns}/a") == (b"1", revisions[0])
+    assert store._read(f"{ns}/b") is not None and store._read(f"{ns}/b")[0] == b"old"  # type: ignore[index]
+    assert store._read(f"{ns}/c") == (b"3", revisions[2])
+    assert store._create_many([]) == []
+    tasks = [make_task(), make_task()]
+    store.create_task(tasks[1])
+    created = store.create_tasks(tasks)
+    assert created[0] is not None and created[1] is None
+    lane = queue_lane("default", "mock", tasks[0].spec.engine_version)
+    markers = store._list(f"queue/{lane}/")
+    assert any(key.endswith(tasks[0].task_id) for key in markers)  # a worker can find it
+
+
+def test_swap_and_mark_writes_its_markers_only_with_the_swap(store: JobStore) -> None:
+    ns = f"m{uuid.uuid4().hex[:10]}"
+    rev = store._create(f"{ns}/record", b"v1")
+    store._create(f"{ns}/kept", b"reused")
+    store._create(f"{ns}/gone", b"")
+    with pytest.raises(StoreConflict):
+        store._swap_and_mark(
+            f"{ns}/record", b"v2", rev + 1000, create=[f"{ns}/new"], delete=[f"{ns}/gone"]
+        )
+    assert store._read(f"{ns}/new") is None and store._read(f"{ns}/gone") is not None
+    found = store._read(f"{ns}/record")
+    assert found is not None and found[0] == b"v1"
+    new_rev = store._swap_and_mark(
+        f"{ns}/record",
+        b"v2",
+        rev,
+        create=[f"{ns}/new", f"{ns}/kept"],
+        delete=[f"{ns}/gone", f"{ns}/never"],
+    )
+    assert new_rev != rev
+    found = store._read(f"{ns}/record")
+    assert found is not None and found == (b"v2", new_rev)
+    assert store._read(f"{ns}/gone") is None
+    kept = store._read(f"{ns}/kept")
+    assert kept is not None and kept[0] == b"reused"  # create-only: left as it was
+    assert store._list(f"{ns}/") == [f"{ns}/kept", f"{ns}/new", f"{ns}/record"]
+    with pytest.raises(StoreConflict):  # the revision moved on
+        store._swap_and_mark(f"{ns}/record", b"v3", rev, create=[f"{ns}/late"])
+    assert store._read(f"{ns}/late") is None
+
+
+def test_claim_and_commit_write_their_markers(store: JobStore) -> None:
+    job_a, job_b = f"j{uuid.uuid4().hex}", f"j{uuid.uuid4().hex}"
+    task = make_task().model_copy(update={"subscribers": [job_a, job_b]})
+    store.create_task(task)
+    leased = store.claim_task(task.task_id, "w1", 60.0)
+    assert leased is not None
+    assert f"leases/{task.task_id}" in store._list("leases/")  # the reaper sees the lease
+    done, committed = store.commit_result(task.task_id, leased.epoch, make_result())
+    assert committed and done.state is TaskState.DONE
+    assert f"leases/{task.task_id}" not in store._list("leases/")
+    # The commit recorded the outcome for both jobs (computed, not reused).
+    assert store.done_task_ids(job_a) == [task.task_id] == store.done_task_ids(job_b)
+    assert store.mark_tasks_done(job_a, [task.task_id], reused=True) == []
+
+
 # ---------------------------------------------------------------------- leases
 
 

@@ -91,3 +91,25 @@ def test_a_385_task_job_finishes_under_the_gcs_object_write_rate(
     assert run.outcomes == {"committed": TASKS}
     assert run.job.state is JobState.DONE, run.job.error
     assert rate_limited_gcs.forwarded_writes[job_name] <= MAX_WRITES_PER_KEY
+
+
+@pytest.mark.timeout(120)
+def test_one_finisher_is_elected_when_the_election_write_was_answered_429(
+    rate_limited_gcs: RateLimitedGcs, gcs_server: GcsServer
+) -> None:
+    """The second caller's create is refused 429 (the first wrote the marker < 1 s ago),
+    retried, then refused 412: it must lose, not mistake the winner's marker for its
+    own retried write (which made several finishers write the same artifacts, 429s
+    past the retry budget, in the 385-task test above)."""
+    client = storage.Client(
+        project="zpe-local",
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        client_options={"api_endpoint": rate_limited_gcs.url},
+    )
+    store = GcsJobStore(gcs_server.bucket, f"elect{uuid.uuid4().hex[:10]}", client=client)
+    try:
+        won = [store.claim_finalizer("j1", 385), store.claim_finalizer("j1", 385)]
+    finally:
+        store.close()
+    assert sum(rate_limited_gcs.refused.values()) > 0, "the second create was not answered 429"
+    assert won == [True, False]

@@ -56,7 +56,7 @@ def test_crash_after_the_finalizer_election_is_finished_by_reconcile(
     assert sorted(done.value.done_task_ids) == sorted(tasks)  # written with the end
 
 
-def test_crash_between_commit_and_marker_is_counted_by_reconcile() -> None:
+def test_crash_between_commit_and_advancing_the_job_is_finished_by_reconcile() -> None:
     service = _service()
     job_id, tasks = _submit(service)
     for task_id in tasks[:-1]:
@@ -69,10 +69,43 @@ def test_crash_between_commit_and_marker_is_counted_by_reconcile() -> None:
     service.store.commit_result(tasks[-1], last.lease.epoch, result)  # then the worker died
     job = service.store.get_job(job_id)
     assert job is not None and job.value.state is JobState.RUNNING
-    assert len(service.done_task_ids(job.value)) == len(tasks) - 1
+    # The commit's own write marked it done for the job; nobody was elected to finish.
+    assert len(service.done_task_ids(job.value)) == len(tasks)
     service.reconcile(stale_after=0.0)
     done = service.store.get_job(job_id)
     assert done is not None and done.value.state is JobState.DONE
+
+
+def test_an_outage_between_the_commit_and_its_done_marker_is_counted_by_reconcile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the commit and its markers are separate writes (memory, file, GCS), the store
+    may go away between them: the task is done, the job does not know it yet."""
+    service = _service()
+    job_id, tasks = _submit(service)
+    for task_id in tasks[:-1]:
+        run_task(service, task_id, "w1")
+    store = service.store
+    create = store._create
+
+    def outage_on_marker(key: str, value: bytes) -> int:
+        if key.startswith("done/"):
+            raise StoreUnavailable("the store went away after the commit")
+        return create(key, value)
+
+    monkeypatch.setattr(store, "_create", outage_on_marker)
+    with pytest.raises(StoreUnavailable):
+        run_task(service, tasks[-1], "w2")
+    monkeypatch.undo()
+    task = store.get_task(tasks[-1])
+    assert task is not None and task.value.state is TaskState.DONE
+    job = store.get_job(job_id)
+    assert job is not None and job.value.state is JobState.RUNNING
+    assert len(service.done_task_ids(job.value)) == len(tasks) - 1
+    service.reconcile(stale_after=0.0)
+    done = store.get_job(job_id)
+    assert done is not None and done.value.state is JobState.DONE
+    assert sorted(done.value.done_task_ids) == sorted(tasks)
 
 
 def test_the_job_record_is_written_a_bounded_number_of_times() -> None:

@@ -64,3 +64,34 @@ def test_cli_lists_counted_and_real_imaginary_modes_only(
     assert "frequencies (cm^-1, counted and imaginary): 120.0i, 1600.0" in out
     assert "warning: 1 imaginary mode(s), not in the ZPE" in out
     assert "35.0i" not in out
+
+
+@pytest.mark.parametrize("sample", ["h2o_zpe.in", "cu_slab_co.in"])
+def test_modes_xyz_is_what_ase_writes_for_its_frames(sample: str) -> None:
+    """``render_modes_xyz`` writes its frames through ASE's extxyz writer with fewer
+    checks: the bytes are exactly those of ``ase.io.write`` on the same frames."""
+    import io
+    from pathlib import Path
+
+    import ase.io
+
+    from zpe_client.models import JobRequest, JobState
+    from zpe_core.jobs.runner import run_task
+    from zpe_core.jobs.service import JobService
+    from zpe_core.settings import Settings
+    from zpe_core.store.memory import MemoryJobStore
+
+    text = (Path(__file__).resolve().parents[3] / "samples" / sample).read_text()
+    service = JobService(MemoryJobStore(), None, Settings(default_engine="mock"))
+    job, _ = service.submit(JobRequest(input_text=text, engine="mock"), owner="alice")
+    for task_id in dict.fromkeys(ref.task_id for ref in job.tasks):
+        run_task(service, task_id, "w1")
+    found = service.store.get_job(job.job_id)
+    assert found is not None and found.value.state is JobState.DONE
+    written = service.store.get_artifact(job.job_id, "modes.xyz")
+    assert written is not None
+    frames = ase.io.read(io.StringIO(written.decode()), index=":", format="extxyz")
+    assert len(frames) > 12 and frames[0].info["frame"] == 0
+    again = io.StringIO()
+    ase.io.write(again, frames, format="extxyz")
+    assert again.getvalue() == written.decode()

@@ -135,12 +135,13 @@ class PullCoordinator:
             if task is None:
                 return None
             assert task.lease is not None
-            if not self.service.has_active_subscriber(task):
+            jobs = self.service.active_subscribers(task)
+            if not jobs:
                 self.store.release_task(task.task_id, task.lease.epoch)
                 self.service.abandon_if_unwanted(task.task_id)
                 continue
             self.registry.note_lease(server.server_id, task.task_id, task.lease.epoch)
-            self.service.task_started(task)
+            self.service.task_started(task, jobs)
             log.info(
                 "task leased",
                 extra={
@@ -251,7 +252,7 @@ class PullCoordinator:
                     "task committed",
                     extra={"task_id": task_id, "worker_id": server.server_id, "epoch": epoch},
                 )
-                self.service.task_succeeded(task)
+                self.service.task_succeeded(task, marked=True)
             return {"task_id": task_id, "state": task.state.value, "committed": committed}
 
         return self._once(server, task_id, event_id, payload, act)

@@ -6,6 +6,8 @@ one job cancels a task only once no other active job waits for it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from zpe_client.models import JobState, TaskState
 from zpe_core.errors import StateConflict
 from zpe_core.jobs.models import Job, Task, now
@@ -60,8 +62,14 @@ class Cancellation:
 
     def has_active_subscriber(self, task: Task) -> bool:
         """Whether any job waiting for ``task`` has not ended."""
+        return any(True for _ in self._active_subscribers(task))
+
+    def active_subscribers(self, task: Task) -> list[Job]:
+        """The jobs waiting for ``task`` that have not ended, as read now."""
+        return list(self._active_subscribers(task))
+
+    def _active_subscribers(self, task: Task) -> Iterator[Job]:
         for job_id in task.subscribers:
             found = self.store.get_job(job_id)
             if found is not None and not found.value.state.terminal:
-                return True
-        return False
+                yield found.value

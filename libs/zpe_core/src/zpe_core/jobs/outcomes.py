@@ -72,10 +72,17 @@ class TaskOutcomes:
         self._starting: set[str] = set()
         self._starting_lock = threading.Lock()
 
-    def task_started(self, task: Task) -> None:
-        """A worker leased ``task``: its queued jobs become running."""
+    def task_started(self, task: Task, jobs: list[Job] | None = None) -> None:
+        """A worker leased ``task``: its queued jobs become running.
+
+        ``jobs``: the subscribed jobs as the caller just read them; those seen running
+        (a job never goes back to queued) are not read again.
+        """
+        seen = {job.job_id: job for job in jobs or []}
         for job_id in task.subscribers:
-            self._start_job(job_id)
+            job = seen.get(job_id)
+            if job is None or job.state is JobState.QUEUED:
+                self._start_job(job_id)
 
     def _start_job(self, job_id: str) -> None:
         """Queued -> running: one write of the job's record, best effort.
@@ -107,11 +114,21 @@ class TaskOutcomes:
             with self._starting_lock:
                 self._starting.discard(job_id)
 
-    def task_succeeded(self, task: Task) -> None:
-        """Call after ``commit_result`` committed ``task``: advance and maybe finish its jobs."""
+    def task_succeeded(
+        self, task: Task, *, marked: bool = False, jobs: list[Job] | None = None
+    ) -> None:
+        """Call after ``commit_result`` committed ``task``: advance and maybe finish its jobs.
+
+        ``marked``: the commit already marked it done for its jobs (``commit_result``
+        answered ``committed``), so only completion is checked. ``jobs``: subscribed jobs
+        as the worker read them when it claimed the task, not read again (a job that
+        ended or grew since is no harm: completion is counted from the markers, the
+        election is per job size, and ``finish`` reads the job afresh).
+        """
         metrics.observe_task_committed(task)
+        seen = {job.job_id: job for job in jobs or []}
         for job_id in task.subscribers:
-            self.mark_tasks_done(job_id, [task.task_id])
+            self.mark_tasks_done(job_id, [task.task_id], marked=marked, seen=seen.get(job_id))
 
     def task_failed(self, task: Task) -> None:
         """Call after a failure was recorded: if the task failed for good, fail its jobs."""
@@ -154,28 +171,40 @@ class TaskOutcomes:
             return
         log.warning("job failed", extra={"job_id": job_id, "code": error.code})
 
-    def mark_tasks_done(self, job_id: str, task_ids: list[str], *, reused: bool = False) -> None:
+    def mark_tasks_done(
+        self,
+        job_id: str,
+        task_ids: list[str],
+        *,
+        reused: bool = False,
+        marked: bool = False,
+        seen: Job | None = None,
+    ) -> None:
         """Record tasks of a job as done on markers of their own (the job's record is not
         written per task) and finish the job if that completed its set and this caller
         wins the election (``reused``: found done at submission, not computed for it:
-        listed on the record, in one write per submission)."""
-        found = self.store.get_job(job_id)
-        if found is None or found.value.state.terminal:
+        listed on the record, in one write per submission; ``marked``: their markers
+        are written already, by the commit; ``seen``: the job as read a moment ago)."""
+        if seen is None:
+            found = self.store.get_job(job_id)
+            if found is None:
+                return
+            seen = found.value
+        if seen.state.terminal:
             return
-        job = found.value
-        wanted = {ref.task_id for ref in job.tasks}
-        marked = self.store.mark_tasks_done(
-            job_id, [t for t in task_ids if t in wanted], reused=reused
-        )
+        job = seen
+        wanted = [t for t in task_ids if t in {ref.task_id for ref in job.tasks}]
+        if not marked:
+            wanted = self.store.mark_tasks_done(job_id, wanted, reused=reused)
 
         def list_reused(current: Job) -> Job | None:
-            new = [t for t in marked if t not in current.reused_task_ids]
+            new = [t for t in wanted if t not in current.reused_task_ids]
             if current.state.terminal or not new:
                 return None
             current.reused_task_ids.extend(new)
             return current
 
-        if reused and set(marked) - set(job.reused_task_ids):
+        if reused and set(wanted) - set(job.reused_task_ids):
             try:
                 job = self.store.mutate_job(job_id, list_reused).value
             except NotFound:

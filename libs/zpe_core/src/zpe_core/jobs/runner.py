@@ -139,12 +139,13 @@ def _run_task(
     if on_claim is not None:
         on_claim(task)
     extra = {"task_id": task_id, "worker_id": worker_id, "epoch": epoch}
-    if not service.has_active_subscriber(task):
+    jobs = service.active_subscribers(task)
+    if not jobs:
         store.release_task(task_id, epoch)
         service.abandon_if_unwanted(task_id)
         log.info("task abandoned: no job wants it", extra=extra)
         return Outcome.ABANDONED
-    service.task_started(task)
+    service.task_started(task, jobs)
     started = time.monotonic()
     log.info("task started", extra=extra)
     try:
@@ -183,5 +184,5 @@ def _run_task(
             "task committed",
             extra={**extra, "seconds": round(time.monotonic() - started, 3)},
         )
-        service.task_succeeded(committed_task)
+        service.task_succeeded(committed_task, marked=True, jobs=jobs)
     return Outcome.COMMITTED

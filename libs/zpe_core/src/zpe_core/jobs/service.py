@@ -132,16 +132,21 @@ class JobService:
     def has_active_subscriber(self, task: Task) -> bool:
         return self.cancellation.has_active_subscriber(task)
 
+    def active_subscribers(self, task: Task) -> list[Job]:
+        return self.cancellation.active_subscribers(task)
+
     # task outcomes and finishing
     def done_task_ids(self, job: Job) -> list[str]:
         """The job's done tasks (while it runs: its done markers, not its record)."""
         return done_task_ids(self.store, job)
 
-    def task_started(self, task: Task) -> None:
-        self.outcomes.task_started(task)
+    def task_started(self, task: Task, jobs: list[Job] | None = None) -> None:
+        self.outcomes.task_started(task, jobs)
 
-    def task_succeeded(self, task: Task) -> None:
-        self.outcomes.task_succeeded(task)
+    def task_succeeded(
+        self, task: Task, *, marked: bool = False, jobs: list[Job] | None = None
+    ) -> None:
+        self.outcomes.task_succeeded(task, marked=marked, jobs=jobs)
 
     def task_failed(self, task: Task) -> None:
         self.outcomes.task_failed(task)

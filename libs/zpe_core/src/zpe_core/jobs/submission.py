@@ -177,12 +177,16 @@ class Submission:
         to_dispatch: list[Task] = []
         reused: list[str] = []
         wanted = {ref.task_id for ref in job.tasks}
-        seen: set[str] = set()
-        for planned in plan.tasks:
-            if planned.task_id in seen or planned.task_id not in wanted:
-                continue
-            seen.add(planned.task_id)
-            task, needs_dispatch = self._subscribe(planned, job.job_id, target)
+        attached = list(
+            {p.task_id: p for p in plan.tasks if p.task_id in wanted}.values()
+        )  # each wanted task once, in plan order
+        # New tasks are created together (two round trips); known ones are subscribed to.
+        created = self.store.create_tasks([_new_task(p, job.job_id, target) for p in attached])
+        for planned, made in zip(attached, created, strict=True):
+            if made is not None:
+                task, needs_dispatch = made.value, True
+            else:
+                task, needs_dispatch = self._subscribe(planned, job.job_id, target)
             if task.state is TaskState.DONE:
                 reused.append(task.task_id)
             elif needs_dispatch:
@@ -196,24 +200,7 @@ class Submission:
             self._dispatch.dispatch(to_dispatch)
 
     def _subscribe(self, planned: PlannedTask, job_id: str, target: str) -> tuple[Task, bool]:
-        """Create the task, or add the job to an existing one. Returns ``(task, dispatch?)``."""
-        try:
-            created = self.store.create_task(
-                Task(
-                    task_id=planned.task_id,
-                    spec=planned.spec,
-                    subscribers=[job_id],
-                    targets=[target],
-                    # Due now, not at 0: ready markers sort by this time, and a marker at
-                    # 0 would put every new task ahead of retries forever (starvation).
-                    # The reference a millisecond earlier: leased first, it can warm-start
-                    # the displaced points on every worker (issue 14).
-                    ready_at=now() - (0.001 if is_reference(planned.spec) else 0.0),
-                )
-            )
-            return created.value, True
-        except AlreadyExists:
-            pass
+        """Add the job to the existing task. Returns ``(task, dispatch?)``."""
         found = self.store.get_task(planned.task_id)
         if (
             found is not None
@@ -266,6 +253,21 @@ class Submission:
         # Queued or leased tasks are already dispatched; re-dispatching is harmless
         # and covers a dispatch lost before a crash.
         return task, task.state is TaskState.QUEUED
+
+
+def _new_task(planned: PlannedTask, job_id: str, target: str) -> Task:
+    """The queued task of ``planned``, wanted by ``job_id`` in ``target``."""
+    return Task(
+        task_id=planned.task_id,
+        spec=planned.spec,
+        subscribers=[job_id],
+        targets=[target],
+        # Due now, not at 0: ready markers sort by this time, and a marker at 0 would put
+        # every new task ahead of retries forever (starvation). The reference a
+        # millisecond earlier: leased first, it can warm-start the displaced points on
+        # every worker (issue 14).
+        ready_at=now() - (0.001 if is_reference(planned.spec) else 0.0),
+    )
 
 
 def same_computation(stored: TaskSpec, planned: TaskSpec) -> bool:

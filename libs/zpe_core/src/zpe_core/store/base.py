@@ -12,6 +12,10 @@ Semantics every backend guarantees (the contract suite in
   ``start_after``.
 * Any failure to reach the backend raises ``StoreUnavailable``.
 
+Two more, ``_create_many`` (creates in one batch) and ``_swap_and_mark`` (a swap with
+the markers it implies), have defaults built on those; a backend overrides them to save
+round trips (Redis: a pipeline, one Lua script), never to change what they write.
+
 Backends implement only these primitives (plus blobs and ``ping``); every
 typed operation below (jobs, tasks, leases, the ready queue, idempotency keys,
 artifacts) is built on them once, here, so all backends behave alike.
@@ -32,9 +36,10 @@ import itertools
 import json
 import random
 import re
+import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -56,6 +61,7 @@ M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_MAX_ARTIFACT_BYTES = 16 * 1024 * 1024
 _CAS_ATTEMPTS = 200
+_LEASES_REMEMBERED = 10_000
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,8 @@ class JobStore(ABC):
     #: network that can stall): an event loop may call them directly instead of paying a
     #: thread-pool hop (the API's status poll).
     local_reads: bool = False
+    #: Whether a commit first tries the record its claim wrote instead of reading it.
+    commit_from_claim: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Count ``StoreUnavailable`` of every backend's primitives (``zpe_store_errors_total``)."""
@@ -120,6 +128,9 @@ class JobStore(ABC):
     def __init__(self, *, max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES):
         self.max_artifact_bytes = max_artifact_bytes
         self._known_lanes: set[str] = set()  # lanes this process indexed (one write each)
+        # The record of each task this process leased, as it last wrote it (claim,
+        # heartbeat): the commit's first guess, which saves it a read.
+        self._leased: dict[str, Versioned[Task]] = {}
 
     # ------------------------------------------------------------------ primitives
 
@@ -155,6 +166,46 @@ class JobStore(ABC):
     def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the backend answers."""
 
+    def _create_many(self, items: Sequence[tuple[str, bytes]]) -> list[int | None]:
+        """``_create`` of each ``(key, value)``: its revision, or None where the key existed.
+
+        Each create is create-only on its own; the batch is not atomic (a crash may leave
+        the first few). One after the other here; a backend may send them in one round
+        trip (Redis: a pipeline).
+        """
+        revisions: list[int | None] = []
+        for key, value in items:
+            try:
+                revisions.append(self._create(key, value))
+            except AlreadyExists:
+                revisions.append(None)
+        return revisions
+
+    def _swap_and_mark(
+        self,
+        key: str,
+        value: bytes,
+        expected_rev: int,
+        *,
+        create: Sequence[str] = (),
+        delete: Sequence[str] = (),
+    ) -> int:
+        """``_swap``, then create the empty markers ``create`` (create-only: one that is
+        there is left as it is) and delete the keys ``delete``; return the new revision.
+
+        Nothing is written if the swap fails (``StoreConflict``). Here the writes follow
+        one another, so an outage or a crash after the swap leaves markers unwritten
+        (what ``reconcile`` repairs); a backend that can make them one atomic round trip
+        overrides this (Redis).
+        """
+        rev = self._swap(key, value, expected_rev)
+        for marker in create:
+            with contextlib.suppress(AlreadyExists):
+                self._create(marker, b"")
+        for marker in delete:
+            self._delete(marker)
+        return rev
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections (optional)."""
 
@@ -175,28 +226,58 @@ class JobStore(ABC):
             return None
         return Versioned(model.model_validate_json(found[0]), found[1])
 
-    def _mutate(self, key: str, model: type[M], change: Callable[[M], M | None]) -> Mutation[M]:
+    def _mutate(
+        self,
+        key: str,
+        model: type[M],
+        change: Callable[[M], M | None],
+        *,
+        markers: Callable[[M], tuple[list[str], list[str]]] | None = None,
+        guess: Versioned[M] | None = None,
+    ) -> Mutation[M]:
         """Read-modify-write with compare-and-swap, retried on conflict.
 
         ``change`` receives a private copy and returns the new record, or ``None``
         to leave the record as it is (``wrote`` False). It may raise to abort; nothing
         is written. On a lost compare-and-swap it runs again on the newer record, so
-        whether it wrote is only known from the result.
+        whether it wrote is only known from the result. ``markers`` names, for the new
+        record, the markers to create and the keys to delete with the write
+        (``_swap_and_mark``). ``guess``: the record as this process last wrote it, tried
+        first instead of a read; the compare-and-swap proves it current, and if it is
+        not (or ``change`` does not apply to it) the record is read as usual.
         """
         _require_safe_key(key)
         for attempt in range(_CAS_ATTEMPTS):
-            current = self._get_model(key, model)
+            guessed, current = guess is not None, guess or self._get_model(key, model)
+            guess = None
             if current is None:
                 raise NotFound(f"{key.split('/')[0].rstrip('s')} {key.split('/', 1)[-1]} not found")
-            updated = change(current.value.model_copy(deep=True))
+            try:
+                updated = change(current.value.model_copy(deep=True))
+            except Exception:
+                if guessed:
+                    continue  # judged on a record that may be stale: read it
+                raise
             if updated is None:
+                if guessed:
+                    continue
                 return Mutation(current.value, current.rev, wrote=False)
             if hasattr(updated, "updated_at"):
                 updated.updated_at = now()
+            payload = updated.model_dump_json().encode()
             try:
-                rev = self._swap(key, updated.model_dump_json().encode(), current.rev)
+                if markers is None:
+                    rev = self._swap(key, payload, current.rev)
+                else:
+                    create, delete = markers(updated)
+                    for marker in (*create, *delete):
+                        _require_safe_key(marker)
+                    rev = self._swap_and_mark(
+                        key, payload, current.rev, create=create, delete=delete
+                    )
             except StoreConflict:
-                time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+                if not guessed:
+                    time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
                 continue
             return Mutation(updated, rev, wrote=True)
         raise StoreUnavailable(f"too much contention updating {key}; try again")
@@ -324,8 +405,11 @@ class JobStore(ABC):
     def claim_finalizer(self, job_id: str, total_tasks: int) -> bool:
         """Whether this caller finishes the job at ``total_tasks`` tasks (exactly one
         caller per job and size gets True; a job that grows gets a new election)."""
+        # A value of this call's own: a backend that retries a create after a lost answer
+        # (GCS: 429, then 412) takes a marker holding its bytes for its own write, so an
+        # empty marker would elect every caller whose create was retried.
         try:
-            self._create(f"finalizing/{job_id}/{total_tasks}", b"")
+            self._create(f"finalizing/{job_id}/{total_tasks}", secrets.token_hex(16).encode())
         except AlreadyExists:
             return False
         return True
@@ -367,6 +451,22 @@ class JobStore(ABC):
             self.mark_ready(task)
         return Versioned(task, rev)
 
+    def create_tasks(self, tasks: Sequence[Task]) -> list[Versioned[Task] | None]:
+        """``create_task`` for several tasks in two batched writes (``_create_many``: the
+        records, then the ready markers of those created queued): each task as created,
+        or None where its content key was known already."""
+        revisions = self._create_many(
+            [(f"tasks/{task.task_id}", task.model_dump_json().encode()) for task in tasks]
+        )
+        created = [
+            None if rev is None else Versioned(task, rev)
+            for task, rev in zip(tasks, revisions, strict=True)
+        ]
+        self._mark_ready_many(
+            [made.value for made in created if made and made.value.state is TaskState.QUEUED]
+        )
+        return created
+
     def get_task(self, task_id: str) -> Versioned[Task] | None:
         if not _safe_id(task_id):
             return None
@@ -385,10 +485,16 @@ class JobStore(ABC):
 
         Markers are hints; the task record decides.
         """
-        for lane in task_lanes(task):
-            self._register_lane(lane)
-            with contextlib.suppress(AlreadyExists):
-                self._create(f"queue/{lane}/{_ms(task.ready_at)}-{task.task_id}", b"")
+        self._mark_ready_many([task])
+
+    def _mark_ready_many(self, tasks: Sequence[Task]) -> None:
+        markers: list[tuple[str, bytes]] = []
+        for task in tasks:
+            for lane in task_lanes(task):
+                self._register_lane(lane)
+                markers.append((f"queue/{lane}/{_ms(task.ready_at)}-{task.task_id}", b""))
+        if markers:
+            self._create_many(markers)
 
     def _register_lane(self, lane: str) -> None:
         """Index a lane (``lanes/<engine digest>-<target>``) once, for scans of every lane."""
@@ -431,23 +537,31 @@ class JobStore(ABC):
         Returns the leased task (with its new ``epoch``) or ``None`` if someone
         else holds it or it is settled. Exactly one concurrent caller wins.
         """
-        result = self.mutate_task(
-            task_id,
+        result = self._mutate(
+            f"tasks/{task_id}",
+            Task,
             lambda task: transitions.claim(
                 task, worker_id, lease_seconds, ignore_ready_at=ignore_ready_at
             ),
+            markers=lambda task: ([f"leases/{task_id}"], []),  # so the reaper sees the lease
         )
         if not result.wrote:
             return None
-        self.track_lease(task_id)
+        self._remember_lease(task_id, result)
         return result.value
+
+    def _remember_lease(self, task_id: str, written: Versioned[Task]) -> None:
+        if len(self._leased) >= _LEASES_REMEMBERED:
+            self._leased.clear()  # leases never settled here (lost, or given up): forget them
+        # A copy: the caller's task may be changed in place; the guess must stay as written.
+        self._leased[task_id] = Versioned(written.value.model_copy(deep=True), written.rev)
 
     def track_lease(self, task_id: str) -> None:
         """Make sure the reaper sees the lease of ``task_id`` (its ``leases/`` marker).
 
-        The marker is written after the claim's compare-and-swap, so an outage between the
-        two leaves a leased task the reaper cannot find; ``reconcile`` calls this for every
-        leased task whose lease has expired.
+        The claim writes the marker with its compare-and-swap (``_swap_and_mark``); where
+        that is two writes, an outage between them leaves a leased task the reaper cannot
+        find, and ``reconcile`` calls this for every leased task whose lease has expired.
         """
         with contextlib.suppress(AlreadyExists):
             self._create(f"leases/{task_id}", b"")
@@ -520,7 +634,10 @@ class JobStore(ABC):
     def heartbeat(self, task_id: str, epoch: int, lease_seconds: float) -> Task:
         """Extend a live lease; raises ``StaleLease`` if ``epoch`` is not current."""
         change = functools.partial(transitions.heartbeat, epoch=epoch, lease_seconds=lease_seconds)
-        return self.mutate_task(task_id, change).value
+        extended = self.mutate_task(task_id, change)
+        if extended.wrote:
+            self._remember_lease(task_id, extended)
+        return extended.value
 
     def commit_result(self, task_id: str, epoch: int, result: TaskResult) -> tuple[Task, bool]:
         """Record a result under a live lease.
@@ -528,9 +645,25 @@ class JobStore(ABC):
         Returns ``(task, committed)``: ``committed`` is True for the one call that
         moved the task to done. A repeat by the same epoch after it committed is
         answered ``(task, False)``; any other stale epoch raises ``StaleLease``.
+
+        The write that commits also marks the task done for every job subscribed to
+        it (``done/<job>/<task>``, as ``mark_tasks_done``) and drops its lease marker, so
+        a call that returns ``committed`` has recorded the task's outcome for its jobs.
         """
-        done = self.mutate_task(task_id, lambda task: transitions.commit(task, epoch, result))
-        self._delete(f"leases/{task_id}")
+
+        def markers(task: Task) -> tuple[list[str], list[str]]:
+            jobs = [job_id for job_id in dict.fromkeys(task.subscribers) if _safe_id(job_id)]
+            return [f"done/{job_id}/{task_id}" for job_id in jobs], [f"leases/{task_id}"]
+
+        done = self._mutate(
+            f"tasks/{task_id}",
+            Task,
+            lambda task: transitions.commit(task, epoch, result),
+            markers=markers,
+            guess=self._leased.pop(task_id, None) if self.commit_from_claim else None,
+        )
+        if not done.wrote:
+            self._delete(f"leases/{task_id}")  # a repeat: the marker may have outlived a crash
         return done.value, done.wrote
 
     def fail_task(
@@ -551,6 +684,7 @@ class JobStore(ABC):
         def change(task: Task) -> Task | None:
             return transitions.fail(task, epoch, error, retryable=retryable, policy=policy)
 
+        self._leased.pop(task_id, None)
         task = self.mutate_task(task_id, change).value
         self._delete(f"leases/{task_id}")
         if task.state is TaskState.QUEUED:
@@ -559,6 +693,7 @@ class JobStore(ABC):
 
     def release_task(self, task_id: str, epoch: int) -> Task:
         """Give a lease back without counting an attempt (graceful shutdown)."""
+        self._leased.pop(task_id, None)
         change = functools.partial(transitions.release, epoch=epoch)
         task = self.mutate_task(task_id, change).value
         self._delete(f"leases/{task_id}")
@@ -715,9 +850,11 @@ class JobStore(ABC):
 
 _PRIMITIVES = (
     "_create",
+    "_create_many",
     "_read",
     "_revision",
     "_swap",
+    "_swap_and_mark",
     "_delete",
     "_list",
     "_count",

@@ -9,9 +9,10 @@ every key in one cluster slot so the Lua scripts may touch them together)::
     {zpe}:b:<key>    string  blob bytes (artifacts)
 
 Create, swap and delete are Lua scripts, so the record, its revision and the
-index change atomically. Revisions come from one ``INCR`` counter, so a key
-that is deleted and re-created never repeats an old revision. ``_list`` is a
-``ZRANGEBYLEX`` over the index.
+index change atomically; so is a swap with the markers it writes (``_swap_and_mark``:
+a claim with its lease marker, a commit with its done markers, one round trip each).
+Revisions come from one ``INCR`` counter, so a key that is deleted and re-created never
+repeats an old revision. ``_list`` is a ``ZRANGEBYLEX`` over the index.
 
 URL query parameters (stripped before the URL reaches redis-py):
 
@@ -22,7 +23,7 @@ URL query parameters (stripped before the URL reaches redis-py):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -53,6 +54,29 @@ local cur = redis.call('HGET', KEYS[1], 'r')
 if (not cur) or cur ~= ARGV[2] then return -1 end
 local rev = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'r', rev)
+return rev
+"""
+
+# KEYS: record, counter, index, then the n markers to create, then those to delete.
+# ARGV: value, expected revision, n, then the logical keys of KEYS[4..]. The swap and its
+# markers in one atomic script: either all are written or (revision moved) none.
+_SWAP_AND_MARK = """
+local cur = redis.call('HGET', KEYS[1], 'r')
+if (not cur) or cur ~= ARGV[2] then return -1 end
+local rev = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'r', rev)
+local n = tonumber(ARGV[3])
+for i = 4, #KEYS do
+  if i - 3 <= n then
+    if redis.call('EXISTS', KEYS[i]) == 0 then
+      redis.call('HSET', KEYS[i], 'v', '', 'r', redis.call('INCR', KEYS[2]))
+      redis.call('ZADD', KEYS[3], 0, ARGV[i])
+    end
+  else
+    redis.call('DEL', KEYS[i])
+    redis.call('ZREM', KEYS[3], ARGV[i])
+  end
+end
 return rev
 """
 
@@ -109,6 +133,7 @@ class RedisJobStore(JobStore):
         self._counter = f"{self._tag}:rev"
         self._create_script = client.register_script(_CREATE)
         self._swap_script = client.register_script(_SWAP)
+        self._swap_and_mark_script = client.register_script(_SWAP_AND_MARK)
         self._delete_script = client.register_script(_DELETE)
 
     @classmethod
@@ -180,6 +205,18 @@ class RedisJobStore(JobStore):
             raise AlreadyExists(key)
         return rev
 
+    def _create_many(self, items: Sequence[tuple[str, bytes]]) -> list[int | None]:
+        """Every create in one pipeline (one round trip; each script atomic on its own)."""
+        if not items:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for key, value in items:
+            self._create_script(
+                keys=[self._record(key), self._index, self._counter], args=[value, key], client=pipe
+            )
+        revisions = self._call("create", pipe.execute)
+        return [None if int(rev) < 0 else int(rev) for rev in revisions]
+
     def _read(self, key: str) -> tuple[bytes, int] | None:
         value, rev = self._call("read", lambda: self.client.hmget(self._record(key), "v", "r"))
         if value is None or rev is None:
@@ -203,6 +240,24 @@ class RedisJobStore(JobStore):
                 ),
             )
         )
+        if rev < 0:
+            raise StoreConflict(key)
+        return rev
+
+    def _swap_and_mark(
+        self,
+        key: str,
+        value: bytes,
+        expected_rev: int,
+        *,
+        create: Sequence[str] = (),
+        delete: Sequence[str] = (),
+    ) -> int:
+        """The swap and its markers in one atomic script (one round trip)."""
+        markers = [*create, *delete]
+        keys = [self._record(key), self._counter, self._index, *map(self._record, markers)]
+        args: list[bytes | str] = [value, str(expected_rev), str(len(create)), *markers]
+        rev = int(self._call("swap", lambda: self._swap_and_mark_script(keys=keys, args=args)))
         if rev < 0:
             raise StoreConflict(key)
         return rev
