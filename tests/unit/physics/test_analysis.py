@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -210,6 +211,17 @@ def test_is_linear() -> None:
     assert is_linear(molecule("CO2"))
     assert is_linear(_h2())
     assert not is_linear(molecule("H2O"))
+
+
+def test_is_linear_of_a_molecule_in_a_periodic_box_says_nothing() -> None:
+    boxed = molecule("H2O", vacuum=5.0, pbc=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # ASE's "periodic boundary conditions are ignored"
+        assert not is_linear(boxed)
+    co2 = molecule("CO2", vacuum=5.0, pbc=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert is_linear(co2)
     assert not is_linear(molecule("NH3"))
 
 

@@ -218,7 +218,9 @@ def is_linear(atoms: Atoms, tol: float = 1e-3) -> bool:
     """Whether the atoms lie on a line (smallest principal moment ~ 0 relative to the largest)."""
     if len(atoms) <= 2:
         return True
-    inertia = atoms.get_moments_of_inertia()
+    # The molecule's own moments: in a periodic box ASE would warn that it ignores the cell.
+    alone = Atoms(atoms.numbers, positions=atoms.positions, masses=atoms.get_masses())
+    inertia = alone.get_moments_of_inertia()
     moments = np.sort(np.asarray(inertia, dtype=np.float64))
     return bool(moments[0] <= tol * max(moments[2], 1e-12))
 
