@@ -40,6 +40,7 @@ import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -116,6 +117,9 @@ class JobStore(ABC):
     local_reads: bool = False
     #: Whether a commit first tries the record its claim wrote instead of reading it.
     commit_from_claim: bool = True
+    #: Creates of one batch (a submission's tasks and their ready markers) in flight at
+    #: once: a backend whose every create is a network round trip sets more than one.
+    create_concurrency: int = 1
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Count ``StoreUnavailable`` of every backend's primitives (``zpe_store_errors_total``)."""
@@ -169,17 +173,23 @@ class JobStore(ABC):
     def _create_many(self, items: Sequence[tuple[str, bytes]]) -> list[int | None]:
         """``_create`` of each ``(key, value)``: its revision, or None where the key existed.
 
-        Each create is create-only on its own; the batch is not atomic (a crash may leave
-        the first few). One after the other here; a backend may send them in one round
-        trip (Redis: a pipeline).
+        Each create is create-only on its own; the batch is not atomic (a crash or an
+        outage may leave any of them). Up to ``create_concurrency`` creates in flight at
+        once here; a backend may send them in one round trip instead (Redis: a pipeline).
+        On an error the creates not yet started are dropped, and the error is raised once
+        those in flight have ended (nothing still writes when the caller sees it).
         """
-        revisions: list[int | None] = []
-        for key, value in items:
-            try:
-                revisions.append(self._create(key, value))
-            except AlreadyExists:
-                revisions.append(None)
-        return revisions
+        if self.create_concurrency <= 1 or len(items) <= 1:
+            return [self._create_or_none(key, value) for key, value in items]
+        workers = min(self.create_concurrency, len(items))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store-create") as pool:
+            return list(pool.map(lambda item: self._create_or_none(*item), items))
+
+    def _create_or_none(self, key: str, value: bytes) -> int | None:
+        try:
+            return self._create(key, value)
+        except AlreadyExists:
+            return None
 
     def _swap_and_mark(
         self,
