@@ -27,6 +27,9 @@ class FileJobStore(JobStore):
     """Records as files under one directory, compare-and-swap by lock + atomic rename."""
 
     local_reads = True
+    # Every create waits for its fsync: several in flight overlap those waits (a 385-task
+    # submission 2.8 s -> 0.75 s here, bench/submission_latency.py).
+    create_concurrency = 8
 
     def __init__(self, root: str | os.PathLike[str], **kwargs: int) -> None:
         super().__init__(**kwargs)
