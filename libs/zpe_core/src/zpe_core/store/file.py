@@ -28,7 +28,8 @@ class FileJobStore(JobStore):
 
     local_reads = True
     # Every create waits for its fsync: several in flight overlap those waits (a 385-task
-    # submission 2.8 s -> 0.75 s here, bench/submission_latency.py).
+    # submission at load 12: 2.8 s -> 0.75 s; on a quiet machine, whose fsync is cheap,
+    # 0.43 s either way: bench/submission_latency.py).
     create_concurrency = 8
 
     def __init__(self, root: str | os.PathLike[str], **kwargs: int) -> None:
