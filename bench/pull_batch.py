@@ -3,9 +3,10 @@
 One ``redis-server`` (``RedisServer``), and per variant a fresh ``zpe serve`` in
 http-pull mode on it (its own namespace) with ``--workers`` W ``zpe-worker pull``
 processes (mock engine, no delay). Each variant runs one warm-up job, then submits
-``--jobs`` N distinct jobs of ``samples/h2_zpe.in`` at once (a distinct ``delta``
-each, nothing reused) and polls every job every 50 ms until all are done. Variants,
-side by side in one run:
+``--jobs`` N distinct jobs of ``samples/h2_zpe.in`` at once (``job_body`` of
+``bench/queue_throughput.py``: symmetry off and a geometry of its own each, so all 13
+points of every job are computed and nothing is reused) and polls every job every 50 ms
+until all are done. Variants, side by side in one run:
 
 - ``before``: the worker of commit ``--before`` (default ``dc70514``, the main
   branch before this change), extracted with ``git archive`` and run against the
@@ -45,10 +46,10 @@ sys.path.insert(0, str(ROOT))
 from bench.common import percentile  # noqa: E402
 from bench.queue_throughput import (  # noqa: E402
     ADMIN,
-    SAMPLE,
     Proc,
     api_proc,
     base_env,
+    job_body,
     source_tree,
     start_pull_workers,
 )
@@ -76,7 +77,7 @@ def run_jobs(url: str, n: int, timeout: float = 600) -> tuple[float, list[float]
     with httpx.Client(base_url=url, timeout=60) as client:
 
         def submit(i: int) -> tuple[str, float]:
-            body = {"input_text": SAMPLE, "delta": 0.01 + (i + 1) * 1e-6}
+            body = job_body(i)
             t = time.perf_counter()
             answer = client.post("/calc/zpe/jobs", json=body)
             if answer.status_code != 201:
@@ -147,7 +148,7 @@ def main() -> None:
     args = parser.parse_args()
     n, w = args.jobs, args.workers
     print(f"load average before: {os.getloadavg()}; nproc={os.cpu_count()}", flush=True)
-    print(f"{n} jobs of samples/h2_zpe.in (mock, distinct deltas), W={w} pull workers")
+    print(f"{n} jobs of samples/h2_zpe.in (mock, 13 computed tasks each), W={w} pull workers")
     results: dict[str, dict[str, float] | str] = {}
     with tempfile.TemporaryDirectory() as tmp, RedisServer() as redis:
         base = f"redis://127.0.0.1:{redis.port}/0"
