@@ -47,6 +47,9 @@ from bench.common import percentile  # noqa: E402
 from bench.queue_throughput import (  # noqa: E402
     ADMIN,
     Proc,
+    _children,
+    _cpu_of,
+    api_cpu,
     api_proc,
     base_env,
     job_body,
@@ -120,7 +123,15 @@ def run_variant(
             url, workers, d, extra_env=extra_env, extra_args=("--concurrency", str(concurrency))
         )
         before = counters(url)
+        api_and_redis = api_cpu(api, store_url)
+
+        def workers_cpu() -> float:
+            pids = [p.proc.pid for p in procs]
+            return sum(_cpu_of(pid) for pid in pids + [c for pid in pids for c in _children(pid)])
+
+        cpu0, workers0 = api_and_redis(), workers_cpu()
         wall, latencies = run_jobs(url, n)
+        cpu1, workers1 = api_and_redis(), workers_cpu()
         after = counters(url)
         delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
         requests = sum(v for k, v in delta.items() if k.startswith("zpe_pull_lease_requests"))
@@ -132,6 +143,11 @@ def run_variant(
             "requests": requests,
             "leased": leased,
             "load": os.getloadavg()[0],
+            # CPU seconds of the API process, the pull workers and redis-server over
+            # run_jobs, its warm-up job included (31 jobs for 30 timed).
+            "cpu_api": cpu1["api"] - cpu0["api"],
+            "cpu_workers": workers1 - workers0,
+            "cpu_redis": cpu1["redis"] - cpu0["redis"],
         }
     finally:
         for p in procs:
@@ -167,7 +183,9 @@ def main() -> None:
                 print(
                     f"{name}: {row['wall']:.2f} s, {n / row['wall']:.2f} jobs/s, "
                     f"p50 {row['p50']:.2f} s, {row['leased'] / max(row['requests'], 1):.2f} "
-                    f"tasks/lease request (load {row['load']:.2f})",
+                    f"tasks/lease request (load {row['load']:.2f}); CPU s: API "
+                    f"{row['cpu_api']:.2f}, workers {row['cpu_workers']:.2f}, "
+                    f"redis {row['cpu_redis']:.2f}",
                     flush=True,
                 )
             except Exception as exc:  # report and go on with the other variants
