@@ -17,7 +17,9 @@ mkdir -p .zpe-data
 echo "==> zpe serve on $ZPE_API_URL (store $ZPE_STORE_URL; log .zpe-data/api.log)"
 uv run zpe serve --port "$port" > .zpe-data/api.log 2>&1 &
 server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT
+# Stop the server on the way out, keeping the script's own exit status: under `set -e`
+# the `wait` for the SIGTERMed server (143) would otherwise end the script with it.
+trap 'status=$?; kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; exit $status' EXIT
 for _ in $(seq 1 60); do
   uv run python -c "import httpx, sys; sys.exit(httpx.get('$ZPE_API_URL/readyz').status_code != 200)" \
     >/dev/null 2>&1 && break
