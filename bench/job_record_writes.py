@@ -28,8 +28,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import google.cloud.storage as storage  # noqa: E402
-from google.auth.credentials import AnonymousCredentials  # noqa: E402
 
 from tests.fixtures.gcs_rate_limit import RateLimitedGcs  # noqa: E402
 from tests.fixtures.servers import GcsServer, RedisServer  # noqa: E402
@@ -76,12 +74,7 @@ def main() -> None:
         if args.rate_limited_threads:
             proxy = RateLimitedGcs(gcs.emulator_host).start()
             try:
-                client = storage.Client(
-                    project="zpe-local",
-                    credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-                    client_options={"api_endpoint": proxy.url},
-                )
-                store_429 = GcsJobStore(gcs.bucket, f"r{unique}", client=client)
+                store_429 = proxy.store(gcs.bucket, f"r{unique}")
                 run = run_job_in_threads(
                     store_429, threads=args.rate_limited_threads, molecules=args.molecules
                 )

@@ -29,8 +29,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import google.cloud.storage as storage  # noqa: E402
-from google.auth.credentials import AnonymousCredentials  # noqa: E402
 
 from tests.fixtures.gcs_rate_limit import RateLimitedGcs  # noqa: E402
 from tests.fixtures.servers import GcsServer, RedisServer  # noqa: E402
@@ -39,7 +37,6 @@ from zpe_client.models import JobRequest  # noqa: E402
 from zpe_core.jobs.service import JobService  # noqa: E402
 from zpe_core.settings import Settings  # noqa: E402
 from zpe_core.store import JobStore, open_store  # noqa: E402
-from zpe_core.store.gcs import GcsJobStore  # noqa: E402
 
 
 def time_submission(store: JobStore, molecules: int, delta: float) -> tuple[float, int]:
@@ -76,12 +73,7 @@ def main() -> None:
         try:
             for name in args.backends.split(","):
                 if name == "gcs+latency":
-                    client = storage.Client(
-                        project="zpe-local",
-                        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-                        client_options={"api_endpoint": proxy.url},
-                    )
-                    store: JobStore = GcsJobStore(gcs.bucket, f"l{unique}", client=client)
+                    store: JobStore = proxy.store(gcs.bucket, f"l{unique}")
                 else:
                     store = open_store(
                         {

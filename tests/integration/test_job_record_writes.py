@@ -12,16 +12,13 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-import google.cloud.storage as storage
 import pytest
-from google.auth.credentials import AnonymousCredentials
 
 from tests.fixtures.gcs_rate_limit import RateLimitedGcs
 from tests.fixtures.servers import GcsServer, RedisServer
 from tests.fixtures.store_writes import WriteCountingStore, run_job_in_threads
 from zpe_client.models import JobState
 from zpe_core.store import JobStore, open_store
-from zpe_core.store.gcs import GcsJobStore
 
 pytestmark = pytest.mark.slow
 
@@ -70,12 +67,7 @@ def test_no_key_is_written_more_than_a_handful_of_times(
 def test_a_385_task_job_finishes_under_the_gcs_object_write_rate(
     rate_limited_gcs: RateLimitedGcs, gcs_server: GcsServer
 ) -> None:
-    client = storage.Client(
-        project="zpe-local",
-        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-        client_options={"api_endpoint": rate_limited_gcs.url},
-    )
-    store = GcsJobStore(gcs_server.bucket, f"rate{uuid.uuid4().hex[:10]}", client=client)
+    store = rate_limited_gcs.store(gcs_server.bucket, f"rate{uuid.uuid4().hex[:10]}")
     try:
         run = run_job_in_threads(store, threads=32, timeout=900.0)
     finally:
@@ -101,12 +93,7 @@ def test_one_finisher_is_elected_when_the_election_write_was_answered_429(
     retried, then refused 412: it must lose, not mistake the winner's marker for its
     own retried write (which made several finishers write the same artifacts, 429s
     past the retry budget, in the 385-task test above)."""
-    client = storage.Client(
-        project="zpe-local",
-        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-        client_options={"api_endpoint": rate_limited_gcs.url},
-    )
-    store = GcsJobStore(gcs_server.bucket, f"elect{uuid.uuid4().hex[:10]}", client=client)
+    store = rate_limited_gcs.store(gcs_server.bucket, f"elect{uuid.uuid4().hex[:10]}")
     try:
         won = [store.claim_finalizer("j1", 385), store.claim_finalizer("j1", 385)]
     finally:
