@@ -209,9 +209,7 @@ class JobStore(ABC):
         overrides this (Redis).
         """
         rev = self._swap(key, value, expected_rev)
-        for marker in create:
-            with contextlib.suppress(AlreadyExists):
-                self._create(marker, b"")
+        self._create_many([(marker, b"") for marker in create])
         for marker in delete:
             self._delete(marker)
         return rev
